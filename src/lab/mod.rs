@@ -1,0 +1,1 @@
+//! Network-namespace experiments (owned by the lab work).

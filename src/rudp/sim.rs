@@ -1,0 +1,1 @@
+//! A simulated network in virtual time for testing endpoints (owned by the simulator work).

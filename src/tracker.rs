@@ -1,0 +1,1 @@
+//! The tracker: a pure registry and its TCP server (owned by the tracker work).

@@ -1,0 +1,1 @@
+//! Swarm messages exchanged between peers over rudp (owned by the swarm work).

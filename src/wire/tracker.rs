@@ -1,0 +1,1 @@
+//! Tracker protocol frames (owned by the tracker work).
