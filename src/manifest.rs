@@ -212,7 +212,9 @@ mod tests {
 
     #[test]
     fn chunk_layout() {
-        let data: Vec<u8> = (0..250_000u32).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..250_000u32)
+            .map(|i| (i / 7) as u8 ^ (i >> 12) as u8)
+            .collect();
         let m = Manifest::of_bytes("f.bin", &data);
         assert_eq!(m.size, 250_000);
         assert_eq!(m.chunk_count(), 3);
