@@ -19,3 +19,51 @@ pub fn init_logging(verbose: u8, quiet: u8) {
         .build();
     let _ = TermLogger::init(level, config, TerminalMode::Stderr, ColorChoice::Never);
 }
+
+/// Parses a byte count such as `4000000`, `4MB` (10^6), `4MiB` (2^20), `100k`, `1.5GB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 4MB, 512KiB or 1000000)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1048576.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1073741824.0,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{s}' (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
+    };
+    let bytes = value * mult;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size '{s}' is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4MB"), Ok(4_000_000));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("100k"), Ok(100_000));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("12345"), Ok(12345));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("4XB").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -10,6 +10,7 @@
 //! - [`lab`]: network-namespace experiments.
 
 pub mod cli;
+pub mod demo;
 pub mod lab;
 pub mod manifest;
 pub mod peer;

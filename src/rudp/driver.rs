@@ -1,1 +1,338 @@
-//! The mio driver: the only rudp code that reads the clock or touches a socket (owned by the driver work).
+//! The mio driver: the only rudp code that reads the clock or touches a socket.
+//!
+//! A [`Driver`] owns one UDP socket (large kernel buffers, batched system
+//! calls, see [`socket`]) and moves datagrams between it and a sans-IO
+//! [`Endpoint`]. It does not own the application's `mio::Poll`: register it
+//! with [`Driver::register`] next to your own sources (TCP, console), then on
+//! every wake-up call [`Driver::drive`] (or `recv`, `handle_timeout` and
+//! `flush` separately) and sleep until [`Driver::poll_timeout`].
+//!
+//! ```no_run
+//! use chunkswarm::rudp::driver::{self, Driver, DriverOptions};
+//! use chunkswarm::rudp::{Config, Endpoint};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut poll = mio::Poll::new()?;
+//! let mut events = mio::Events::with_capacity(256);
+//! let mut udp = Driver::bind("0.0.0.0:7000".parse()?, DriverOptions::default())?;
+//! udp.register(poll.registry(), mio::Token(0))?;
+//! let mut endpoint = Endpoint::new(Config::default(), 42);
+//! loop {
+//!     let timeout = udp.poll_timeout(driver::now(), &mut endpoint);
+//!     poll.poll(&mut events, timeout)?;
+//!     let now = driver::now();
+//!     udp.drive(now, &mut endpoint);
+//!     while let Some((_handle, _event)) = endpoint.poll_event() { /* ... */ }
+//!     udp.flush(now, &mut endpoint); // what the application just queued
+//! }
+//! # }
+//! ```
+//!
+//! Impairment ([`crate::rudp::impair`]) applies on the send path when
+//! configured: each datagram the endpoint emits goes through it, and the
+//! driver sends what it releases when it is due.
+
+pub mod args;
+pub mod perf;
+pub mod socket;
+
+pub use args::{ImpairArgs, TransportArgs};
+pub use socket::{BatchSocket, SocketCounters, SocketInfo, TransmitQueue};
+
+use super::endpoint::Endpoint;
+use super::impair::{ImpairConfig, ImpairCounters, Impairment};
+use log::debug;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The clock. Everything under `rudp` takes time as an argument; this is where
+/// it comes from.
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+/// Datagrams the driver queues before it hands them to the socket.
+const TRANSMIT_BATCH: usize = 256;
+/// Datagrams taken from the endpoint per `flush` before yielding to the loop.
+const FLUSH_BUDGET: usize = 4096;
+/// Datagrams read per `recv` before yielding to the loop.
+const RECV_BUDGET: usize = 2048;
+/// While the socket buffer is full, timers are not checked more often than this.
+const BLOCKED_BACKOFF: Duration = Duration::from_millis(1);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriverOptions {
+    /// Impair every sent datagram (experiments without netem); None = off.
+    pub impair: Option<ImpairConfig>,
+    /// Requested SO_RCVBUF and SO_SNDBUF in bytes.
+    pub socket_buffer: usize,
+    /// Use sendmmsg/recvmmsg (Linux).
+    pub batch: bool,
+    /// Use UDP GSO/GRO (Linux, with `batch`).
+    pub gso: bool,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            impair: None,
+            socket_buffer: 16 << 20,
+            batch: true,
+            gso: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum DriverError {
+    Bind {
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    Poll(io::Error),
+    /// `run_endpoint` hit its time limit.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverError::Bind { addr, source } => write!(f, "cannot bind UDP {addr}: {source}"),
+            DriverError::Poll(e) => write!(f, "poll failed: {e}"),
+            DriverError::TimedOut(d) => write!(f, "gave up after {:.1} s", d.as_secs_f64()),
+        }
+    }
+}
+
+impl std::error::Error for DriverError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DriverError::Bind { source, .. } => Some(source),
+            DriverError::Poll(e) => Some(e),
+            DriverError::TimedOut(_) => None,
+        }
+    }
+}
+
+/// Moves datagrams between one UDP socket and one [`Endpoint`].
+pub struct Driver {
+    socket: BatchSocket,
+    queue: TransmitQueue,
+    impair: Option<Impairment>,
+    datagram: Vec<u8>,
+    /// The socket buffer filled up at this time; cleared by the next send that
+    /// goes through.
+    blocked_since: Option<Instant>,
+    /// A budget ran out: there is more to do without waiting.
+    more_work: bool,
+    last_now: Option<Instant>,
+}
+
+impl Driver {
+    pub fn bind(addr: SocketAddr, options: DriverOptions) -> Result<Driver, DriverError> {
+        let socket = BatchSocket::bind(addr, options.socket_buffer, options.batch, options.gso)
+            .map_err(|source| DriverError::Bind { addr, source })?;
+        let impair = options.impair.map(Impairment::new).filter(|i| !i.is_noop());
+        Ok(Driver {
+            socket,
+            queue: TransmitQueue::new(),
+            impair,
+            datagram: Vec::with_capacity(super::DEFAULT_MAX_UDP_PAYLOAD),
+            blocked_since: None,
+            more_work: false,
+            last_now: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr()
+    }
+
+    /// Kernel buffer sizes and which offloads are in use.
+    pub fn socket_info(&self) -> SocketInfo {
+        self.socket.info()
+    }
+
+    pub fn counters(&self) -> &SocketCounters {
+        self.socket.counters()
+    }
+
+    pub fn impair_counters(&self) -> Option<&ImpairCounters> {
+        self.impair.as_ref().map(|i| i.counters())
+    }
+
+    /// Registers the socket (readable and writable, edge-triggered) with the
+    /// application's `Poll`.
+    pub fn register(&mut self, registry: &mio::Registry, token: mio::Token) -> io::Result<()> {
+        registry.register(
+            self.socket.source(),
+            token,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )
+    }
+
+    pub fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        registry.deregister(self.socket.source())
+    }
+
+    /// Feeds received datagrams to the endpoint until the socket is empty or
+    /// the per-call budget is spent. Returns how many were fed.
+    pub fn recv(&mut self, now: Instant, endpoint: &mut Endpoint) -> usize {
+        self.last_now = Some(now);
+        let out = self.socket.recv(RECV_BUDGET, |from, data| {
+            endpoint.handle_datagram(now, from, data)
+        });
+        if !out.drained {
+            self.more_work = true;
+        }
+        out.datagrams
+    }
+
+    /// Runs the endpoint's timers if one is due.
+    pub fn handle_timeout(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        if endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            endpoint.handle_timeout(now);
+        }
+    }
+
+    /// Sends what the endpoint (and the impairment) has ready, until nothing
+    /// is left, the socket would block (a later writable event resumes), or
+    /// the per-call budget is spent. Returns the datagrams handed to the kernel.
+    pub fn flush(&mut self, now: Instant, endpoint: &mut Endpoint) -> usize {
+        self.last_now = Some(now);
+        let mut sent = 0;
+        let mut taken = 0;
+        loop {
+            if !self.queue.is_empty() {
+                let out = self.socket.send(&mut self.queue);
+                sent += out.datagrams;
+                if out.blocked {
+                    self.blocked_since.get_or_insert(now);
+                    return sent;
+                }
+                self.blocked_since = None;
+            }
+            if taken >= FLUSH_BUDGET {
+                self.more_work = true;
+                return sent;
+            }
+            if let Some(imp) = &mut self.impair {
+                while self.queue.len() < TRANSMIT_BATCH {
+                    let Some((to, d)) = imp.pop_ready(now) else {
+                        break;
+                    };
+                    self.queue.push(to, &d);
+                }
+            }
+            while self.queue.len() < TRANSMIT_BATCH && taken < FLUSH_BUDGET {
+                let Some(t) = endpoint.poll_transmit(now, &mut self.datagram) else {
+                    break;
+                };
+                taken += 1;
+                let d = &self.datagram[..t.len.min(self.datagram.len())];
+                match &mut self.impair {
+                    Some(imp) => {
+                        imp.push(now, t.destination, d);
+                        while let Some((to, d)) = imp.pop_ready(now) {
+                            self.queue.push(to, &d);
+                        }
+                    }
+                    None => self.queue.push(t.destination, d),
+                }
+            }
+            if self.queue.is_empty() {
+                return sent;
+            }
+        }
+    }
+
+    /// Receives, runs due timers and sends: one turn of the loop.
+    pub fn drive(&mut self, now: Instant, endpoint: &mut Endpoint) {
+        self.more_work = false;
+        self.recv(now, endpoint);
+        self.handle_timeout(now, endpoint);
+        self.flush(now, endpoint);
+    }
+
+    /// When the driver next needs a turn: the endpoint's deadline, the next
+    /// impairment release, or at once if a budget ran out.
+    pub fn next_deadline(&mut self, endpoint: &mut Endpoint) -> Option<Instant> {
+        if self.more_work {
+            if let Some(t) = self.last_now {
+                return Some(t);
+            }
+        }
+        let mut deadline = endpoint.poll_timeout();
+        if let Some(since) = self.blocked_since {
+            // The endpoint may want to send now, but the socket cannot take
+            // it: the writable event wakes us; timers may wait a little.
+            deadline = deadline.map(|d| d.max(since + BLOCKED_BACKOFF));
+        }
+        let release = self.impair.as_ref().and_then(|i| i.next_release());
+        match (deadline, release) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How long `Poll::poll` may sleep (None: until an event).
+    pub fn poll_timeout(&mut self, now: Instant, endpoint: &mut Endpoint) -> Option<Duration> {
+        self.next_deadline(endpoint)
+            .map(|d| d.saturating_duration_since(now))
+    }
+}
+
+/// What the application closure of [`run_endpoint`] wants next.
+pub enum Step<T> {
+    Continue,
+    Done(T),
+}
+
+/// A complete event loop for programs whose only source is the driver
+/// (rudp-perf, tests): each turn receives, runs timers, calls `app` (which
+/// drains `endpoint.poll_event()` and queues messages), and sends. Returns
+/// what `app` returns with `Step::Done`, or `TimedOut` after `limit`.
+pub fn run_endpoint<T, F>(
+    driver: &mut Driver,
+    endpoint: &mut Endpoint,
+    limit: Duration,
+    mut app: F,
+) -> Result<T, DriverError>
+where
+    F: FnMut(Instant, &mut Endpoint) -> Step<T>,
+{
+    const UDP: mio::Token = mio::Token(0);
+    let mut poll = mio::Poll::new().map_err(DriverError::Poll)?;
+    let mut events = mio::Events::with_capacity(64);
+    driver
+        .register(poll.registry(), UDP)
+        .map_err(DriverError::Poll)?;
+    let start = now();
+    let result = loop {
+        let t = now();
+        driver.drive(t, endpoint);
+        if let Step::Done(v) = app(t, endpoint) {
+            driver.flush(t, endpoint);
+            break Ok(v);
+        }
+        driver.flush(t, endpoint);
+        let elapsed = t.saturating_duration_since(start);
+        if elapsed >= limit {
+            break Err(DriverError::TimedOut(elapsed));
+        }
+        let remaining = limit - elapsed;
+        let timeout = driver
+            .poll_timeout(t, endpoint)
+            .map_or(remaining, |d| d.min(remaining));
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                break Err(DriverError::Poll(e));
+            }
+        }
+    };
+    if let Err(e) = driver.deregister(poll.registry()) {
+        debug!("deregister: {e}");
+    }
+    result
+}

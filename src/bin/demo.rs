@@ -1,0 +1,141 @@
+//! `demo`: the class-project demo in one command. Starts one tracker and N
+//! peers as separate processes on loopback, has every peer register a file,
+//! N-1 peers join the owner's group, and the owner upload; then checks that
+//! every copy is identical.
+
+use chunkswarm::cli::parse_size;
+use chunkswarm::demo::{self, DemoOptions};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "demo",
+    about = "One tracker and N peers on loopback distribute one file; exits 0 only if every copy is verified",
+    after_help = "Example: cargo run --release --bin demo -- --peers 6 --size 4MB --loss 5%"
+)]
+struct Args {
+    /// Peers in all, the owner included (the class project uses 6).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(2..=64))]
+    peers: u16,
+    /// Size of the generated file, e.g. 4MB, 10MiB.
+    #[arg(long, default_value = "4MB", value_parser = parse_size)]
+    size: u64,
+    /// Distribute this file (e.g. a video of at least 2 MB) instead of a generated one.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Drop this share of every peer's outgoing rudp datagrams (rudp's own impairment), e.g. 5%.
+    #[arg(long, value_name = "PCT")]
+    loss: Option<String>,
+    /// Cap every peer's upload rate, e.g. 20mbit or 2MB/s.
+    #[arg(long, value_name = "RATE")]
+    max_upload: Option<String>,
+    /// Keep the peers' directories (printed at the end).
+    #[arg(long)]
+    keep: bool,
+    /// Give up if the distribution has not completed after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Do not echo the peers' output; print only the final table.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Directory with the tracker and peer executables (default: next to this one).
+    #[arg(long, hide = true)]
+    bin_dir: Option<PathBuf>,
+    /// Working directory (default: a fresh one under the system's temp dir).
+    #[arg(long, hide = true)]
+    work_dir: Option<PathBuf>,
+    /// Command prefix for peer i, `{i}` replaced (used by netlab swarm).
+    #[arg(long, hide = true)]
+    peer_wrap: Option<String>,
+    /// Address peer i binds, `{i}` replaced.
+    #[arg(long, hide = true, default_value = "127.0.0.1")]
+    peer_addr: String,
+    /// Address the tracker binds.
+    #[arg(long, hide = true, default_value = "127.0.0.1")]
+    tracker_addr: String,
+    /// Extra argument passed to every peer (repeatable).
+    #[arg(long = "peer-arg", hide = true, allow_hyphen_values = true)]
+    peer_args: Vec<String>,
+}
+
+/// Under `cargo run`, builds the sibling `tracker` and `peer` binaries with
+/// the same profile first, so that the demo never runs stale ones.
+fn build_siblings(exe_dir: &std::path::Path) {
+    let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--bin",
+        "tracker",
+        "--bin",
+        "peer",
+        "--manifest-path",
+    ])
+    .arg(PathBuf::from(manifest_dir).join("Cargo.toml"));
+    if exe_dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            eprintln!("error: demo: building the tracker and peer binaries failed ({s})");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("warning: could not run cargo to build the peers ({e}); using what is built")
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
+        let dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+            .unwrap_or_else(|| PathBuf::from("."));
+        build_siblings(&dir);
+        dir
+    });
+    let mut peer_args = args.peer_args.clone();
+    if let Some(loss) = &args.loss {
+        peer_args.extend(["--loss".into(), loss.clone()]);
+    }
+    if let Some(rate) = &args.max_upload {
+        peer_args.extend(["--max-upload".into(), rate.clone()]);
+    }
+    let opts = DemoOptions {
+        peers: args.peers as usize,
+        size: args.size,
+        file: args.file.clone(),
+        peer_args,
+        keep: args.keep,
+        timeout: Duration::from_secs(args.timeout),
+        bin_dir,
+        work_dir: args.work_dir.clone(),
+        peer_wrap: args.peer_wrap.clone(),
+        peer_addr: args.peer_addr.clone(),
+        tracker_addr: args.tracker_addr.clone(),
+        echo: !args.quiet,
+        seed: 1,
+    };
+    match demo::run(&opts) {
+        Ok(report) => {
+            println!();
+            print!("{}", report.table());
+            std::process::exit(if report.all_verified() { 0 } else { 1 });
+        }
+        Err(e) => {
+            eprintln!("error: demo: {e}");
+            std::process::exit(1);
+        }
+    }
+}
