@@ -299,6 +299,11 @@ impl Swarm {
         self.neighbours.contains_key(&peer)
     }
 
+    /// True when `peer` is this file's owner or a member of its group.
+    pub fn knows(&self, peer: SocketAddr) -> bool {
+        self.owner == Some(peer) || self.members.contains(&peer)
+    }
+
     /// Peers this swarm wants connected (owner and overlay neighbours).
     pub fn wanted(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.desired.iter().copied()
