@@ -601,6 +601,8 @@ fn six_peers_complete_and_verify() {
         assert_eq!(s.stats().bad_chunks, 0);
     }
     // The owner sent each chunk about once: the members did the rest.
+    let owner = sim.peers[0].swarm.as_ref().unwrap();
+    assert_eq!(owner.stats().pushed_chunks, n as u64);
     let up = owner_uploads(&sim);
     assert!(
         up >= n && up <= n + n / 4,

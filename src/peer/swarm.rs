@@ -140,6 +140,8 @@ pub struct SwarmStats {
     pub protocol_errors: u64,
     pub requests_timed_out: u64,
     pub owner_requests: u64,
+    /// Owner: chunks pushed by `start_upload` (each to one member).
+    pub pushed_chunks: u64,
 }
 
 #[derive(Debug)]
@@ -535,6 +537,7 @@ impl Swarm {
                 loop {
                     let i = q.pop_front()?;
                     if !n.has(i) && !n.served.get(i) {
+                        self.stats.pushed_chunks += 1;
                         break i;
                     }
                 }
