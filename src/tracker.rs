@@ -1,1 +1,0 @@
-//! The tracker: a pure registry and its TCP server (owned by the tracker work).
