@@ -38,16 +38,27 @@ const PERIOD: usize = 251;
 /// One framed perf message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Data { seq: u64, body: &'a [u8] },
+    Data {
+        seq: u64,
+        body: &'a [u8],
+    },
     /// Client → server: I sent this much, tell me what you verified.
-    Done { messages: u64, bytes: u64 },
+    Done {
+        messages: u64,
+        bytes: u64,
+    },
     Report(ServerReport),
     /// Client → server over rudp: open a socket for a raw UDP blast.
     RawStart,
     /// Server → client: blast to this port.
-    RawReady { port: u16 },
+    RawReady {
+        port: u16,
+    },
     /// Client → server: the blast is over.
-    RawDone { datagrams: u64, bytes: u64 },
+    RawDone {
+        datagrams: u64,
+        bytes: u64,
+    },
 }
 
 const KIND_DATA: u8 = 1;
@@ -74,14 +85,23 @@ pub struct ServerReport {
 
 impl ServerReport {
     fn encode(&self) -> [u64; 5] {
-        [self.messages, self.bytes, self.bad, self.duplicates, self.active_us]
+        [
+            self.messages,
+            self.bytes,
+            self.bad,
+            self.duplicates,
+            self.active_us,
+        ]
     }
 }
 
 #[derive(Debug)]
 pub enum PerfError {
     Driver(DriverError),
-    Io { context: String, source: io::Error },
+    Io {
+        context: String,
+        source: io::Error,
+    },
     Connection(ConnectionError),
     Send(SendError),
     /// The peer sent something that is not a perf frame, or out of turn.
@@ -144,7 +164,10 @@ pub fn decode(buf: &[u8]) -> Result<Frame<'_>, PerfError> {
         KIND_DATA => Frame::Data { seq, body },
         KIND_DONE => {
             let w = words(2)?;
-            Frame::Done { messages: w[0], bytes: w[1] }
+            Frame::Done {
+                messages: w[0],
+                bytes: w[1],
+            }
         }
         KIND_REPORT => {
             let w = words(5)?;
@@ -165,18 +188,21 @@ pub fn decode(buf: &[u8]) -> Result<Frame<'_>, PerfError> {
         }
         KIND_RAW_DONE => {
             let w = words(2)?;
-            Frame::RawDone { datagrams: w[0], bytes: w[1] }
+            Frame::RawDone {
+                datagrams: w[0],
+                bytes: w[1],
+            }
         }
         _ => return Err(bad("unknown frame kind")),
     })
 }
 
-fn header(kind: u8, seq: u64, body: &[u8], crc: u32) -> [u8; HEADER_LEN] {
+fn header(kind: u8, seq: u64, body_len: usize, crc: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     NetworkEndian::write_u32(&mut h[0..4], MAGIC);
     h[4] = kind;
     NetworkEndian::write_u64(&mut h[8..16], seq);
-    NetworkEndian::write_u32(&mut h[16..20], body.len() as u32);
+    NetworkEndian::write_u32(&mut h[16..20], body_len as u32);
     NetworkEndian::write_u32(&mut h[20..24], crc);
     h
 }
@@ -185,7 +211,7 @@ fn header(kind: u8, seq: u64, body: &[u8], crc: u32) -> [u8; HEADER_LEN] {
 pub fn encode_control(frame: &Frame<'_>) -> Vec<u8> {
     let (kind, words): (u8, Vec<u64>) = match frame {
         Frame::Data { seq, body } => {
-            let mut v = header(KIND_DATA, *seq, body, crc32fast::hash(body)).to_vec();
+            let mut v = header(KIND_DATA, *seq, body.len(), crc32fast::hash(body)).to_vec();
             v.extend_from_slice(body);
             return v;
         }
@@ -196,55 +222,73 @@ pub fn encode_control(frame: &Frame<'_>) -> Vec<u8> {
         Frame::RawDone { datagrams, bytes } => (KIND_RAW_DONE, vec![*datagrams, *bytes]),
     };
     let body: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
-    let mut v = header(kind, 0, &body, crc32fast::hash(&body)).to_vec();
+    let mut v = header(kind, 0, body.len(), crc32fast::hash(&body)).to_vec();
     v.extend_from_slice(&body);
     v
 }
 
-/// The deterministic data pattern: message `seq` with a body of `len` bytes
-/// carries `table[seq % 251 ..][..len]`, where `table[i] = i % 251`.
+/// The deterministic data pattern: the body of message `seq` is `seq` (8
+/// bytes, big-endian) followed by `table[seq % 251 ..]`, where
+/// `table[i] = i % 251`; its CRC32 is computed by combining the CRC of the
+/// sequence number with a cached CRC of the pattern part.
 #[derive(Debug, Clone)]
 pub struct Pattern {
     table: Vec<u8>,
     body_len: usize,
-    /// CRC32 of the body for each of the 251 offsets.
-    crcs: Vec<u32>,
+    /// CRC32 state of the pattern part for each of the 251 offsets.
+    tails: Vec<crc32fast::Hasher>,
 }
 
 impl Pattern {
     pub fn new(message_size: usize) -> Self {
-        let body_len = message_size.saturating_sub(HEADER_LEN);
-        let table: Vec<u8> = (0..body_len + PERIOD).map(|i| (i % PERIOD) as u8).collect();
-        let crcs = (0..PERIOD)
-            .map(|o| crc32fast::hash(&table[o..o + body_len]))
+        let body_len = message_size.saturating_sub(HEADER_LEN).max(8);
+        let tail_len = body_len - 8;
+        let table: Vec<u8> = (0..tail_len + PERIOD).map(|i| (i % PERIOD) as u8).collect();
+        let tails = (0..PERIOD)
+            .map(|o| {
+                let mut h = crc32fast::Hasher::new();
+                h.update(&table[o..o + tail_len]);
+                h
+            })
             .collect();
         Pattern {
             table,
             body_len,
-            crcs,
+            tails,
         }
     }
 
-    fn body(&self, seq: u64) -> &[u8] {
-        let o = (seq % PERIOD as u64) as usize;
-        &self.table[o..o + self.body_len]
+    fn offset(seq: u64) -> usize {
+        (seq % PERIOD as u64) as usize
+    }
+
+    fn tail(&self, seq: u64) -> &[u8] {
+        let o = Self::offset(seq);
+        &self.table[o..o + self.body_len - 8]
+    }
+
+    fn crc(&self, seq: u64) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&seq.to_be_bytes());
+        h.combine(&self.tails[Self::offset(seq)]);
+        h.finalize()
     }
 
     /// Data message number `seq`, framed.
     pub fn message(&self, seq: u64) -> Vec<u8> {
-        let body = self.body(seq);
-        let crc = self.crcs[(seq % PERIOD as u64) as usize];
-        let mut v = Vec::with_capacity(HEADER_LEN + body.len());
-        v.extend_from_slice(&header(KIND_DATA, seq, body, crc));
-        v.extend_from_slice(body);
+        let mut v = Vec::with_capacity(HEADER_LEN + self.body_len);
+        v.extend_from_slice(&header(KIND_DATA, seq, self.body_len, self.crc(seq)));
+        v.extend_from_slice(&seq.to_be_bytes());
+        v.extend_from_slice(self.tail(seq));
         v
     }
 
     /// True when `body` is exactly what message `seq` must carry.
     fn verify(&self, seq: u64, body: &[u8], crc: u32) -> bool {
         body.len() == self.body_len
-            && crc == self.crcs[(seq % PERIOD as u64) as usize]
-            && body == self.body(seq)
+            && body[..8] == seq.to_be_bytes()
+            && body[8..] == *self.tail(seq)
+            && crc == self.crc(seq)
     }
 }
 
@@ -488,7 +532,14 @@ impl Ticker {
         }
     }
 
-    fn tick(&mut self, now: Instant, bytes: u64, retx: u64, srtt_ms: f64, cwnd: u64) -> Option<Interval> {
+    fn tick(
+        &mut self,
+        now: Instant,
+        bytes: u64,
+        retx: u64,
+        srtt_ms: f64,
+        cwnd: u64,
+    ) -> Option<Interval> {
         if now < self.next {
             return None;
         }
@@ -537,13 +588,16 @@ impl Session {
         };
         let mut endpoint = Endpoint::new(config, opts.seed);
         let handle = endpoint.connect(now(), opts.server);
-        super::run_endpoint(&mut driver, &mut endpoint, HANDSHAKE_LIMIT, |_, ep| {
-            match ep.poll_event() {
+        super::run_endpoint(
+            &mut driver,
+            &mut endpoint,
+            HANDSHAKE_LIMIT,
+            |_, ep| match ep.poll_event() {
                 Some((_, Event::Connected)) => super::Step::Done(Ok(())),
                 Some((_, Event::Closed(e))) => super::Step::Done(Err(PerfError::Connection(e))),
                 _ => super::Step::Continue,
-            }
-        })
+            },
+        )
         .map_err(|e| match e {
             DriverError::TimedOut(_) => PerfError::TimedOut("the server's handshake"),
             e => PerfError::Driver(e),
@@ -561,11 +615,19 @@ impl Session {
         &mut self,
         limit: Duration,
         what: &'static str,
-        mut app: impl FnMut(Instant, &mut Endpoint, ConnectionHandle, Option<Vec<u8>>) -> Result<Option<T>, PerfError>,
+        mut app: impl FnMut(
+            Instant,
+            &mut Endpoint,
+            ConnectionHandle,
+            Option<Vec<u8>>,
+        ) -> Result<Option<T>, PerfError>,
     ) -> Result<T, PerfError> {
         let handle = self.handle;
-        super::run_endpoint(&mut self.driver, &mut self.endpoint, limit, |now, ep| {
-            loop {
+        super::run_endpoint(
+            &mut self.driver,
+            &mut self.endpoint,
+            limit,
+            |now, ep| loop {
                 let msg = match ep.poll_event() {
                     Some((h, Event::Message(m))) if h == handle => Some(m),
                     Some((h, Event::Closed(e))) if h == handle => {
@@ -581,8 +643,8 @@ impl Session {
                     Ok(None) if done => return super::Step::Continue,
                     Ok(None) => {}
                 }
-            }
-        })
+            },
+        )
         .map_err(|e| match e {
             DriverError::TimedOut(_) => PerfError::TimedOut(what),
             e => PerfError::Driver(e),
@@ -707,13 +769,17 @@ fn run_raw_client(
         .endpoint
         .send(session.handle, encode_control(&Frame::RawStart), true)
         .map_err(PerfError::Send)?;
-    let port = session.run(HANDSHAKE_LIMIT, "the raw UDP port", |_, _, _, msg| match msg {
-        Some(m) => match decode(&m)? {
-            Frame::RawReady { port } => Ok(Some(port)),
-            other => Err(PerfError::Protocol(format!("unexpected frame {other:?}"))),
+    let port = session.run(
+        HANDSHAKE_LIMIT,
+        "the raw UDP port",
+        |_, _, _, msg| match msg {
+            Some(m) => match decode(&m)? {
+                Frame::RawReady { port } => Ok(Some(port)),
+                other => Err(PerfError::Protocol(format!("unexpected frame {other:?}"))),
+            },
+            None => Ok(None),
         },
-        None => Ok(None),
-    })?;
+    )?;
     let mut target = opts.server;
     target.set_port(port);
     let mut socket = BatchSocket::bind(
@@ -771,10 +837,14 @@ fn run_raw_client(
             true,
         )
         .map_err(PerfError::Send)?;
-    let report = session.run(REPORT_LIMIT, "the server's report", |_, _, _, msg| match msg {
-        Some(m) => Session::expect_report(&m),
-        None => Ok(None),
-    })?;
+    let report = session.run(
+        REPORT_LIMIT,
+        "the server's report",
+        |_, _, _, msg| match msg {
+            Some(m) => Session::expect_report(&m),
+            None => Ok(None),
+        },
+    )?;
     session.close();
     let lost = sent.datagrams_sent.saturating_sub(report.messages);
     Ok(PerfReport {
@@ -812,7 +882,12 @@ fn tcp_info(stream: &std::net::TcpStream) -> Option<(u64, f64)> {
                 &mut len,
             )
         };
-        (r == 0).then(|| (u64::from(info.tcpi_total_retrans), f64::from(info.tcpi_rtt) / 1e3))
+        (r == 0).then(|| {
+            (
+                u64::from(info.tcpi_total_retrans),
+                f64::from(info.tcpi_rtt) / 1e3,
+            )
+        })
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -826,8 +901,12 @@ fn run_tcp_client(
     on_interval: &mut dyn FnMut(&Interval),
 ) -> Result<PerfReport, PerfError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(opts.server), Type::STREAM, Some(Protocol::TCP))
-        .map_err(io_error("TCP socket"))?;
+    let socket = Socket::new(
+        Domain::for_address(opts.server),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(io_error("TCP socket"))?;
     let cc = match &opts.tcp_cc {
         Some(name) => {
             #[cfg(target_os = "linux")]
@@ -841,12 +920,18 @@ fn run_tcp_client(
     socket
         .connect_timeout(&opts.server.into(), HANDSHAKE_LIMIT)
         .map_err(io_error(format!("TCP connect to {}", opts.server)))?;
-    socket.set_tcp_nodelay(true).map_err(io_error("TCP_NODELAY"))?;
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(io_error("TCP_NODELAY"))?;
     #[cfg(target_os = "linux")]
     let cc = socket
         .tcp_congestion()
         .ok()
-        .map(|v| String::from_utf8_lossy(&v).trim_end_matches('\0').to_string())
+        .map(|v| {
+            String::from_utf8_lossy(&v)
+                .trim_end_matches('\0')
+                .to_string()
+        })
         .unwrap_or(cc);
     let mut stream: std::net::TcpStream = socket.into();
     let pattern = Pattern::new(MESSAGE_SIZE);
@@ -866,7 +951,11 @@ fn run_tcp_client(
         stream.write_all(&m).map_err(io_error("TCP send"))?;
         seq += 1;
         sent_bytes += m.len() as u64;
-        let (retx, srtt) = if t >= ticker.next { tcp_info(&stream).unwrap_or((0, 0.0)) } else { (0, 0.0) };
+        let (retx, srtt) = if t >= ticker.next {
+            tcp_info(&stream).unwrap_or((0, 0.0))
+        } else {
+            (0, 0.0)
+        };
         if let Some(iv) = ticker.tick(t, sent_bytes, retx, srtt, 0) {
             on_interval(&iv);
         }
@@ -1078,7 +1167,9 @@ impl Server {
             let timeout = self
                 .driver
                 .poll_timeout(t, &mut self.endpoint)
-                .map_or(Duration::from_millis(200), |d| d.min(Duration::from_millis(200)));
+                .map_or(Duration::from_millis(200), |d| {
+                    d.min(Duration::from_millis(200))
+                });
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -1155,7 +1246,9 @@ impl Server {
     }
 
     fn rudp_message(&mut self, t: Instant, h: ConnectionHandle, m: &[u8]) {
-        let Some(c) = self.rudp_clients.get_mut(&h) else { return };
+        let Some(c) = self.rudp_clients.get_mut(&h) else {
+            return;
+        };
         match decode(m) {
             Ok(Frame::Data { .. }) => c.verifier.check(t, m),
             Ok(Frame::Done { messages, bytes }) => c.done = Some((messages, bytes)),
@@ -1214,8 +1307,12 @@ impl Server {
 
     /// Sends the report once everything the client announced is accounted for.
     fn check_rudp_done(&mut self, h: ConnectionHandle, on_client: &mut dyn FnMut(&ClientSummary)) {
-        let Some(c) = self.rudp_clients.get_mut(&h) else { return };
-        let Some((messages, bytes)) = c.done else { return };
+        let Some(c) = self.rudp_clients.get_mut(&h) else {
+            return;
+        };
+        let Some((messages, bytes)) = c.done else {
+            return;
+        };
         if c.reported {
             return;
         }
@@ -1298,8 +1395,15 @@ impl Server {
         }
     }
 
-    fn read_tcp(&mut self, t: Instant, token: mio::Token, on_client: &mut dyn FnMut(&ClientSummary)) {
-        let Some(c) = self.tcp_clients.get_mut(&token) else { return };
+    fn read_tcp(
+        &mut self,
+        t: Instant,
+        token: mio::Token,
+        on_client: &mut dyn FnMut(&ClientSummary),
+    ) {
+        let Some(c) = self.tcp_clients.get_mut(&token) else {
+            return;
+        };
         let mut end: Option<String> = None;
         loop {
             if c.filled == c.buf.len() {
@@ -1402,7 +1506,10 @@ mod tests {
         }
         v.check(t, &p.message(3));
         let r = v.report();
-        assert_eq!((r.messages, r.bytes, r.bad, r.duplicates), (10, 10 * MESSAGE_SIZE as u64, 0, 1));
+        assert_eq!(
+            (r.messages, r.bytes, r.bad, r.duplicates),
+            (10, 10 * MESSAGE_SIZE as u64, 0, 1)
+        );
     }
 
     #[test]
@@ -1433,7 +1540,10 @@ mod tests {
     #[test]
     fn control_frames_round_trip() {
         let frames = [
-            Frame::Done { messages: 3, bytes: 9 },
+            Frame::Done {
+                messages: 3,
+                bytes: 9,
+            },
             Frame::Report(ServerReport {
                 messages: 1,
                 bytes: 2,
@@ -1443,7 +1553,10 @@ mod tests {
             }),
             Frame::RawStart,
             Frame::RawReady { port: 7001 },
-            Frame::RawDone { datagrams: 5, bytes: 6 },
+            Frame::RawDone {
+                datagrams: 5,
+                bytes: 6,
+            },
         ];
         for f in frames {
             let bytes = encode_control(&f);
