@@ -1,2 +1,9 @@
 //! The peer: pure swarm logic (bitmaps, piece picking, neighbours) and the
 //! peer process (console, tracker client, rudp endpoint, disk).
+
+// Pure swarm logic (the swarm work).
+pub mod bitmap;
+pub mod overlay;
+pub mod picker;
+pub mod storage;
+pub mod swarm;

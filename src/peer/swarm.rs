@@ -1,0 +1,1055 @@
+//! The swarm of one file, as a sans-IO state machine (invariants in STATE.md).
+//!
+//! Inputs: the group from the tracker ([`Swarm::on_group`]), transport events
+//! ([`Swarm::on_neighbour_up`], [`Swarm::on_neighbour_down`]), decoded swarm
+//! messages ([`Swarm::on_message`]), time ([`Swarm::handle_timeout`]) and the
+//! owner's `upload` command ([`Swarm::start_upload`]). Outputs: [`Action`]s
+//! from [`Swarm::poll_action`], chunk uploads from [`Swarm::poll_upload`]
+//! (pulled by the driver when the transport has room, which is the
+//! backpressure), and [`Swarm::poll_timeout`]. Peers are keyed by the
+//! SocketAddr their rudp endpoint receives on. Nothing here reads the clock
+//! or touches a socket; all iteration is over ordered maps, so a run is a pure
+//! function of its inputs and seed.
+
+use super::bitmap::ChunkBitmap;
+use super::overlay;
+use super::picker::{PickMode, Picker};
+use super::storage::ChunkStore;
+use crate::manifest::{ChunkIndex, Digest32, Manifest};
+use crate::rng::Rng;
+use crate::wire::swarm::{Body, Message, RejectReason};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// Requests out to one neighbour at a time: enough chunks to fill the path
+    /// (8 x 100 KiB = 800 KiB covers 100 Mbit/s x 64 ms).
+    pub max_requests_per_neighbour: usize,
+    /// Requests out to the owner at a time (fallback only).
+    pub max_owner_requests: usize,
+    /// Endgame: most requests out for one chunk.
+    pub max_duplicates: u8,
+    /// A request unanswered this long is cancelled and asked elsewhere.
+    pub request_timeout: Duration,
+    /// Ask the owner for chunks no neighbour offers once no neighbour has
+    /// brought anything new for this long.
+    pub owner_fallback_after: Duration,
+    /// Wait between connection attempts to a wanted neighbour.
+    pub reconnect_after: Duration,
+    /// A member whose connection died is left out of the overlay this long
+    /// (the tracker reports a dead peer within three heartbeats).
+    pub suspect_for: Duration,
+    /// Corrupted chunks after which a peer is never asked again.
+    pub max_bad_chunks: u32,
+    /// Requests from one peer queued here before we answer Busy.
+    pub max_queued_requests: usize,
+    /// Test-only switch: flip a byte of every chunk we serve.
+    pub corrupt_uploads: bool,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            max_requests_per_neighbour: 8,
+            max_owner_requests: 8,
+            max_duplicates: 2,
+            request_timeout: Duration::from_secs(30),
+            owner_fallback_after: Duration::from_secs(2),
+            reconnect_after: Duration::from_secs(2),
+            suspect_for: Duration::from_secs(30),
+            max_bad_chunks: 3,
+            max_queued_requests: 64,
+            corrupt_uploads: false,
+        }
+    }
+}
+
+/// What the swarm asks its driver to do, or tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection to this peer (if none is open or opening); report
+    /// the outcome with `on_neighbour_up` / `on_neighbour_down`.
+    Connect(SocketAddr),
+    /// This swarm no longer needs the peer; close the connection unless
+    /// another swarm uses it. The swarm already forgot the peer.
+    Disconnect(SocketAddr),
+    Send {
+        to: SocketAddr,
+        message: Message,
+        /// Control messages are ordered; chunks (from `poll_upload`) are not.
+        ordered: bool,
+    },
+    /// A chunk arrived, verified and written (one console line each).
+    ChunkReceived { index: ChunkIndex, from: SocketAddr },
+    /// A chunk failed its manifest check and was thrown away.
+    BadChunk { index: ChunkIndex, from: SocketAddr },
+    /// The peer served too many bad chunks; it is never asked again.
+    PeerBanned(SocketAddr),
+    /// Every chunk verified, the whole file's SHA-256 checked, file in place.
+    Complete { path: PathBuf },
+    /// Storage failed; the swarm stops downloading.
+    StorageFailed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwarmError {
+    NotOwner,
+    NoMembers,
+}
+
+impl fmt::Display for SwarmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwarmError::NotOwner => write!(f, "only the file's owner can upload it"),
+            SwarmError::NoMembers => {
+                write!(
+                    f,
+                    "the downloading group is empty: wait for peers to register-group"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for SwarmError {}
+
+/// Counters for the summary and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwarmStats {
+    /// Verified chunks received, by sender.
+    pub received_from: BTreeMap<SocketAddr, u32>,
+    /// Chunks served, by receiver.
+    pub uploaded_to: BTreeMap<SocketAddr, u32>,
+    pub bad_chunks: u64,
+    /// Chunks that arrived when we had them already (endgame, pushes).
+    pub duplicate_chunks: u64,
+    /// Messages that made no sense (bad index, wrong chunk count, ...).
+    pub protocol_errors: u64,
+    pub requests_timed_out: u64,
+    pub owner_requests: u64,
+}
+
+#[derive(Debug)]
+struct Neighbour {
+    /// Its chunks, from its Hello and Haves; None until its Hello.
+    bitmap: Option<ChunkBitmap>,
+    hello_sent: bool,
+    /// Our requests out to it, with their deadlines.
+    requests: Vec<(ChunkIndex, Instant)>,
+    /// Its requests to us, in arrival order.
+    serve_queue: VecDeque<ChunkIndex>,
+    /// Chunks we sent it (the owner skips pushing those).
+    served: ChunkBitmap,
+    banned: bool,
+}
+
+impl Neighbour {
+    fn has(&self, index: ChunkIndex) -> bool {
+        self.bitmap.as_ref().is_some_and(|b| b.get(index))
+    }
+
+    fn asked(&self, index: ChunkIndex) -> bool {
+        self.requests.iter().any(|&(i, _)| i == index)
+    }
+}
+
+pub struct Swarm {
+    config: SwarmConfig,
+    manifest: Manifest,
+    file: Digest32,
+    local: SocketAddr,
+    store: Box<dyn ChunkStore + Send>,
+    have: ChunkBitmap,
+    picker: Picker,
+    rng: Rng,
+    owner: Option<SocketAddr>,
+    /// Members in the tracker's join order (owner and duplicates removed).
+    members: Vec<SocketAddr>,
+    /// Peers we want connected: the owner and the overlay neighbours (for the
+    /// owner: every member, once the upload started).
+    desired: BTreeSet<SocketAddr>,
+    /// Peers with an open connection.
+    neighbours: BTreeMap<SocketAddr, Neighbour>,
+    /// When we last asked for a connection to a desired peer not yet up.
+    connecting: BTreeMap<SocketAddr, Instant>,
+    /// Members whose connection died, left out of the overlay until then.
+    suspects: BTreeMap<SocketAddr, Instant>,
+    bad_counts: BTreeMap<SocketAddr, u32>,
+    /// (peer, chunk) pairs that came corrupted: never asked again.
+    bad_pairs: BTreeSet<(SocketAddr, ChunkIndex)>,
+    /// Owner: chunks still to push to each member.
+    push_queues: BTreeMap<SocketAddr, VecDeque<ChunkIndex>>,
+    upload_started: bool,
+    /// Last time a neighbour (not the owner) brought something new.
+    last_progress: Instant,
+    fallback_at: Option<Instant>,
+    complete: bool,
+    failed: bool,
+    actions: VecDeque<Action>,
+    stats: SwarmStats,
+}
+
+impl fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Swarm")
+            .field("file", &self.manifest.name)
+            .field("local", &self.local)
+            .field("have", &self.have)
+            .field("neighbours", &self.neighbours.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Swarm {
+    /// A swarm for `manifest` at `local` (our rudp address as the group knows
+    /// it), over `store`, which already holds the chunks in `have` (all of
+    /// them for the owner; those resumed from disk for a member).
+    pub fn new(
+        now: Instant,
+        manifest: Manifest,
+        local: SocketAddr,
+        store: Box<dyn ChunkStore + Send>,
+        have: ChunkBitmap,
+        config: SwarmConfig,
+        seed: u64,
+    ) -> Swarm {
+        let have = if have.len() == manifest.chunk_count() {
+            have
+        } else {
+            ChunkBitmap::empty(manifest.chunk_count())
+        };
+        let mut s = Swarm {
+            file: manifest.file_hash,
+            picker: Picker::new(&have),
+            config,
+            manifest,
+            local,
+            store,
+            have,
+            rng: Rng::new(seed),
+            owner: None,
+            members: Vec::new(),
+            desired: BTreeSet::new(),
+            neighbours: BTreeMap::new(),
+            connecting: BTreeMap::new(),
+            suspects: BTreeMap::new(),
+            bad_counts: BTreeMap::new(),
+            bad_pairs: BTreeSet::new(),
+            push_queues: BTreeMap::new(),
+            upload_started: false,
+            last_progress: now,
+            fallback_at: None,
+            complete: false,
+            failed: false,
+            actions: VecDeque::new(),
+            stats: SwarmStats::default(),
+        };
+        if s.have.is_full() {
+            match s.store.finish() {
+                Ok(_) => s.complete = true,
+                Err(e) => s.fail(e.to_string()),
+            }
+        }
+        s
+    }
+
+    pub fn file_hash(&self) -> &Digest32 {
+        &self.file
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn have(&self) -> &ChunkBitmap {
+        &self.have
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    pub fn is_owner(&self) -> bool {
+        self.owner == Some(self.local)
+    }
+
+    pub fn stats(&self) -> &SwarmStats {
+        &self.stats
+    }
+
+    /// Peers with an open connection that this swarm uses.
+    pub fn neighbours(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.neighbours.keys().copied()
+    }
+
+    pub fn is_neighbour(&self, peer: SocketAddr) -> bool {
+        self.neighbours.contains_key(&peer)
+    }
+
+    /// Peers this swarm wants connected (owner and overlay neighbours).
+    pub fn wanted(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.desired.iter().copied()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The earliest time `handle_timeout` has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let requests = self
+            .neighbours
+            .values()
+            .flat_map(|n| n.requests.iter().map(|&(_, t)| t));
+        let reconnects = self
+            .connecting
+            .values()
+            .map(|&t| t + self.config.reconnect_after);
+        let suspects = self.suspects.values().copied();
+        requests
+            .chain(reconnects)
+            .chain(suspects)
+            .chain(self.fallback_at)
+            .min()
+    }
+
+    /// The group changed (or is first known): `owner` (None once it left) and
+    /// the members in the tracker's join order. Recomputes the overlay,
+    /// connects to new neighbours and drops ones no longer wanted.
+    pub fn on_group(&mut self, now: Instant, owner: Option<SocketAddr>, members: &[SocketAddr]) {
+        let mut list = Vec::with_capacity(members.len());
+        for &m in members {
+            if Some(m) != owner && !list.contains(&m) {
+                list.push(m);
+            }
+        }
+        self.owner = owner;
+        self.members = list;
+        let members = &self.members;
+        self.suspects.retain(|a, _| members.contains(a));
+        let gone: Vec<SocketAddr> = self
+            .push_queues
+            .keys()
+            .filter(|a| !self.members.contains(a))
+            .copied()
+            .collect();
+        for a in gone {
+            self.reassign_pushes(a);
+        }
+        self.recompute_desired();
+        let is_owner = self.is_owner();
+        let prune: Vec<SocketAddr> = self
+            .neighbours
+            .keys()
+            .filter(|&&a| {
+                Some(a) != self.owner
+                    && !self.desired.contains(&a)
+                    && !(is_owner && self.members.contains(&a))
+            })
+            .copied()
+            .collect();
+        for a in prune {
+            self.drop_neighbour(a);
+            self.actions.push_back(Action::Disconnect(a));
+        }
+        self.maintain_connections(now);
+        self.fill_requests(now);
+    }
+
+    /// Owner: start sending each chunk to exactly one member, round-robin
+    /// over the members in join order; the owner stays connected and serves
+    /// requests afterwards.
+    pub fn start_upload(&mut self, now: Instant) -> Result<(), SwarmError> {
+        if !self.is_owner() || !self.have.is_full() {
+            return Err(SwarmError::NotOwner);
+        }
+        if self.members.is_empty() {
+            return Err(SwarmError::NoMembers);
+        }
+        self.upload_started = true;
+        self.push_queues.clear();
+        for i in 0..self.manifest.chunk_count() {
+            let m = self.members[i as usize % self.members.len()];
+            self.push_queues.entry(m).or_default().push_back(i);
+        }
+        self.recompute_desired();
+        self.maintain_connections(now);
+        Ok(())
+    }
+
+    /// A connection to `peer` is open.
+    pub fn on_neighbour_up(&mut self, now: Instant, peer: SocketAddr) {
+        self.connecting.remove(&peer);
+        if self.suspects.remove(&peer).is_some() {
+            self.recompute_desired();
+        }
+        if self.neighbours.contains_key(&peer) {
+            return;
+        }
+        self.neighbours.insert(
+            peer,
+            Neighbour {
+                bitmap: None,
+                hello_sent: false,
+                requests: Vec::new(),
+                serve_queue: VecDeque::new(),
+                served: ChunkBitmap::empty(self.manifest.chunk_count()),
+                banned: self.is_banned(peer),
+            },
+        );
+        if Some(peer) == self.owner || self.members.contains(&peer) {
+            self.send_hello(peer);
+        }
+        self.fill_requests(now);
+    }
+
+    /// The connection to `peer` closed or could not be opened. A member we
+    /// lose is left out of the overlay for a while, so it gets replaced.
+    pub fn on_neighbour_down(&mut self, now: Instant, peer: SocketAddr) {
+        let known = self.neighbours.contains_key(&peer) || self.connecting.contains_key(&peer);
+        if !known {
+            return;
+        }
+        self.drop_neighbour(peer);
+        if Some(peer) != self.owner && self.members.contains(&peer) && !self.is_owner() {
+            self.suspects.insert(peer, now + self.config.suspect_for);
+            self.recompute_desired();
+            // Try the replacement now; keep the reconnect pacing for others.
+            self.connecting.remove(&peer);
+        }
+        if self.is_owner() {
+            self.reassign_pushes(peer);
+        }
+        self.maintain_connections(now);
+        self.fill_requests(now);
+    }
+
+    /// A decoded swarm message from `from`.
+    pub fn on_message(&mut self, now: Instant, from: SocketAddr, message: Message) {
+        if message.file != self.file {
+            self.stats.protocol_errors += 1;
+            return;
+        }
+        if !self.neighbours.contains_key(&from) {
+            if !matches!(message.body, Body::Hello { .. }) {
+                self.stats.protocol_errors += 1;
+                return;
+            }
+            self.on_neighbour_up(now, from);
+        }
+        let count = self.manifest.chunk_count();
+        let index = match &message.body {
+            Body::Hello { .. } => 0,
+            Body::Have { index }
+            | Body::Request { index }
+            | Body::Cancel { index }
+            | Body::Reject { index, .. }
+            | Body::Chunk { index, .. } => *index,
+        };
+        if index >= count && !matches!(message.body, Body::Hello { .. }) {
+            self.stats.protocol_errors += 1;
+            return;
+        }
+        match message.body {
+            Body::Hello {
+                chunk_count,
+                bitmap,
+            } => self.on_hello(now, from, chunk_count, &bitmap),
+            Body::Have { index } => self.on_have(now, from, index),
+            Body::Request { index } => self.on_request(from, index),
+            Body::Cancel { index } => {
+                if let Some(n) = self.neighbours.get_mut(&from) {
+                    n.serve_queue.retain(|&i| i != index);
+                }
+            }
+            Body::Reject { index, reason } => self.on_reject(now, from, index, reason),
+            Body::Chunk { index, data } => self.on_chunk(now, from, index, &data),
+        }
+    }
+
+    /// Call when `poll_timeout()` has passed: expires requests, retries
+    /// connections, ends suspicions, and asks the owner when stalled.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (&a, n) in self.neighbours.iter_mut() {
+            n.requests.retain(|&(i, t)| {
+                if t <= now {
+                    expired.push((a, i));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        for (a, i) in expired {
+            self.picker.request_ended(i);
+            self.stats.requests_timed_out += 1;
+            self.send(a, Body::Cancel { index: i });
+        }
+        let before = self.suspects.len();
+        self.suspects.retain(|_, &mut until| until > now);
+        if self.suspects.len() != before {
+            self.recompute_desired();
+        }
+        self.maintain_connections(now);
+        self.fill_requests(now);
+    }
+
+    /// The next chunk to send to `peer`, if any: its requests first, then
+    /// (owner) the chunks assigned to it. The driver calls this whenever the
+    /// connection to `peer` has room, and sends the message unordered.
+    pub fn poll_upload(&mut self, peer: SocketAddr) -> Option<Message> {
+        let n = self.neighbours.get_mut(&peer)?;
+        let index = match n.serve_queue.pop_front() {
+            Some(i) => i,
+            None => {
+                let q = self.push_queues.get_mut(&peer)?;
+                loop {
+                    let i = q.pop_front()?;
+                    if !n.has(i) && !n.served.get(i) {
+                        break i;
+                    }
+                }
+            }
+        };
+        let mut data = match self.store.read_chunk(index) {
+            Ok(d) => d,
+            Err(e) => {
+                self.fail(e.to_string());
+                return None;
+            }
+        };
+        n.served.set(index);
+        if self.config.corrupt_uploads {
+            if let Some(b) = data.first_mut() {
+                *b ^= 0xFF;
+            }
+        }
+        *self.stats.uploaded_to.entry(peer).or_default() += 1;
+        Some(Message::new(self.file, Body::Chunk { index, data }))
+    }
+
+    /// True when `poll_upload(peer)` may yield a chunk.
+    pub fn wants_to_upload(&self, peer: SocketAddr) -> bool {
+        self.neighbours.get(&peer).is_some_and(|n| {
+            !n.serve_queue.is_empty()
+                || self
+                    .push_queues
+                    .get(&peer)
+                    .is_some_and(|q| q.iter().any(|&i| !n.has(i) && !n.served.get(i)))
+        })
+    }
+
+    // ---- message handlers ----
+
+    fn on_hello(&mut self, now: Instant, from: SocketAddr, chunk_count: u32, bytes: &[u8]) {
+        let bitmap = match ChunkBitmap::from_bytes(self.manifest.chunk_count(), bytes) {
+            Ok(b) if chunk_count == self.manifest.chunk_count() => b,
+            _ => {
+                self.stats.protocol_errors += 1;
+                return;
+            }
+        };
+        let counts = Some(from) != self.owner;
+        let Some(n) = self.neighbours.get_mut(&from) else {
+            return;
+        };
+        if counts && !n.banned {
+            if let Some(old) = &n.bitmap {
+                self.picker.remove_bitmap(old);
+            }
+            self.picker.add_bitmap(&bitmap);
+            if bitmap.ones().any(|i| !self.have.get(i)) {
+                self.last_progress = now;
+            }
+        }
+        n.bitmap = Some(bitmap);
+        let reply = !n.hello_sent;
+        if reply {
+            self.send_hello(from);
+        }
+        self.fill_requests(now);
+    }
+
+    fn on_have(&mut self, now: Instant, from: SocketAddr, index: ChunkIndex) {
+        let counts = Some(from) != self.owner;
+        let count = self.manifest.chunk_count();
+        let Some(n) = self.neighbours.get_mut(&from) else {
+            return;
+        };
+        let bitmap = n.bitmap.get_or_insert_with(|| ChunkBitmap::empty(count));
+        if bitmap.set(index) && counts && !n.banned {
+            self.picker.add_have(index);
+            if !self.have.get(index) {
+                self.last_progress = now;
+            }
+        }
+        self.fill_requests(now);
+    }
+
+    fn on_request(&mut self, from: SocketAddr, index: ChunkIndex) {
+        let max = self.config.max_queued_requests;
+        let have = self.have.get(index);
+        let Some(n) = self.neighbours.get_mut(&from) else {
+            return;
+        };
+        let reason = if !have {
+            RejectReason::NotHave
+        } else if n.serve_queue.len() >= max {
+            RejectReason::Busy
+        } else {
+            if !n.serve_queue.contains(&index) {
+                n.serve_queue.push_back(index);
+            }
+            return;
+        };
+        self.send(from, Body::Reject { index, reason });
+    }
+
+    fn on_reject(&mut self, now: Instant, from: SocketAddr, index: ChunkIndex, why: RejectReason) {
+        let counts = Some(from) != self.owner;
+        let Some(n) = self.neighbours.get_mut(&from) else {
+            return;
+        };
+        if n.asked(index) {
+            n.requests.retain(|&(i, _)| i != index);
+            self.picker.request_ended(index);
+        }
+        if why == RejectReason::NotHave {
+            let cleared = n.bitmap.as_mut().is_some_and(|b| b.clear(index));
+            if cleared && counts && !n.banned {
+                self.picker.remove_have(index);
+            }
+        }
+        self.fill_requests(now);
+    }
+
+    fn on_chunk(&mut self, now: Instant, from: SocketAddr, index: ChunkIndex, data: &[u8]) {
+        if let Some(n) = self.neighbours.get_mut(&from) {
+            if n.asked(index) {
+                n.requests.retain(|&(i, _)| i != index);
+                self.picker.request_ended(index);
+            }
+        }
+        if self.have.get(index) || self.failed {
+            self.stats.duplicate_chunks += 1;
+            self.fill_requests(now);
+            return;
+        }
+        if !self.manifest.verify_chunk(index, data) {
+            self.stats.bad_chunks += 1;
+            self.actions.push_back(Action::BadChunk { index, from });
+            self.bad_pairs.insert((from, index));
+            let bad = self.bad_counts.entry(from).or_default();
+            *bad += 1;
+            if *bad >= self.config.max_bad_chunks {
+                self.ban(from);
+            }
+            self.fill_requests(now);
+            return;
+        }
+        if let Err(e) = self.store.write_chunk(index, data) {
+            self.fail(e.to_string());
+            return;
+        }
+        self.have.set(index);
+        self.picker.received(index);
+        if Some(from) != self.owner {
+            self.last_progress = now;
+        }
+        *self.stats.received_from.entry(from).or_default() += 1;
+        self.actions
+            .push_back(Action::ChunkReceived { index, from });
+        // Cancel the other requests for it (endgame) and announce it.
+        let mut cancels = Vec::new();
+        let mut haves = Vec::new();
+        for (&a, n) in self.neighbours.iter_mut() {
+            if n.asked(index) {
+                n.requests.retain(|&(i, _)| i != index);
+                self.picker.request_ended(index);
+                cancels.push(a);
+            }
+            if n.hello_sent && !n.has(index) && Some(a) != self.owner {
+                haves.push(a);
+            }
+        }
+        for a in cancels {
+            self.send(a, Body::Cancel { index });
+        }
+        for a in haves {
+            self.send(a, Body::Have { index });
+        }
+        if self.have.is_full() {
+            match self.store.finish() {
+                Ok(path) => {
+                    self.complete = true;
+                    self.fallback_at = None;
+                    self.actions.push_back(Action::Complete { path });
+                }
+                Err(e) => self.fail(e.to_string()),
+            }
+            return;
+        }
+        self.fill_requests(now);
+    }
+
+    // ---- internals ----
+
+    fn send(&mut self, to: SocketAddr, body: Body) {
+        self.actions.push_back(Action::Send {
+            to,
+            message: Message::new(self.file, body),
+            ordered: true,
+        });
+    }
+
+    fn send_hello(&mut self, to: SocketAddr) {
+        if let Some(n) = self.neighbours.get_mut(&to) {
+            n.hello_sent = true;
+        }
+        let body = Body::Hello {
+            chunk_count: self.manifest.chunk_count(),
+            bitmap: self.have.to_bytes(),
+        };
+        self.send(to, body);
+    }
+
+    fn fail(&mut self, why: String) {
+        self.failed = true;
+        self.fallback_at = None;
+        self.actions.push_back(Action::StorageFailed(why));
+    }
+
+    fn is_banned(&self, peer: SocketAddr) -> bool {
+        self.bad_counts.get(&peer).copied().unwrap_or(0) >= self.config.max_bad_chunks
+    }
+
+    fn ban(&mut self, peer: SocketAddr) {
+        let counts = Some(peer) != self.owner;
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return;
+        };
+        if n.banned {
+            return;
+        }
+        n.banned = true;
+        for (i, _) in n.requests.drain(..) {
+            self.picker.request_ended(i);
+        }
+        if counts {
+            if let Some(b) = &n.bitmap {
+                self.picker.remove_bitmap(b);
+            }
+        }
+        self.actions.push_back(Action::PeerBanned(peer));
+    }
+
+    /// Forgets `peer`'s connection state: its requests go back to the picker,
+    /// its chunks no longer count as available.
+    fn drop_neighbour(&mut self, peer: SocketAddr) {
+        self.connecting.remove(&peer);
+        let Some(n) = self.neighbours.remove(&peer) else {
+            return;
+        };
+        for (i, _) in n.requests {
+            self.picker.request_ended(i);
+        }
+        if Some(peer) != self.owner && !n.banned {
+            if let Some(b) = &n.bitmap {
+                self.picker.remove_bitmap(b);
+            }
+        }
+    }
+
+    /// Owner: hands the chunks still queued for `peer` to the other members,
+    /// round-robin, so that each chunk still reaches some member.
+    fn reassign_pushes(&mut self, peer: SocketAddr) {
+        let Some(queue) = self.push_queues.remove(&peer) else {
+            return;
+        };
+        let targets: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|&&m| m != peer && !self.suspects.contains_key(&m))
+            .copied()
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        for (k, i) in queue.into_iter().enumerate() {
+            let t = targets[k % targets.len()];
+            self.push_queues.entry(t).or_default().push_back(i);
+        }
+    }
+
+    fn recompute_desired(&mut self) {
+        self.desired.clear();
+        if self.is_owner() {
+            if self.upload_started {
+                self.desired.extend(self.members.iter().copied());
+            }
+            return;
+        }
+        let alive: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|&&m| m == self.local || !self.suspects.contains_key(&m))
+            .copied()
+            .collect();
+        self.desired
+            .extend(overlay::member_neighbours(&alive, self.local));
+        if let Some(o) = self.owner {
+            self.desired.insert(o);
+        }
+    }
+
+    /// Who opens the connection between us and `peer`: the owner opens to
+    /// members; between members, the lower address.
+    fn we_initiate(&self, peer: SocketAddr) -> bool {
+        if self.is_owner() {
+            return true;
+        }
+        Some(peer) != self.owner && self.local < peer
+    }
+
+    fn maintain_connections(&mut self, now: Instant) {
+        let desired = &self.desired;
+        let neighbours = &self.neighbours;
+        self.connecting
+            .retain(|a, _| desired.contains(a) && !neighbours.contains_key(a));
+        let targets: Vec<SocketAddr> = self
+            .desired
+            .iter()
+            .filter(|&&a| !self.neighbours.contains_key(&a) && self.we_initiate(a))
+            .copied()
+            .collect();
+        for a in targets {
+            let due = match self.connecting.get(&a) {
+                None => true,
+                Some(&t) => now >= t + self.config.reconnect_after,
+            };
+            if due {
+                self.connecting.insert(a, now);
+                self.actions.push_back(Action::Connect(a));
+            }
+        }
+    }
+
+    /// Fills every neighbour's request slots, rarest first; asks the owner
+    /// for chunks no usable neighbour offers once progress has stalled.
+    fn fill_requests(&mut self, now: Instant) {
+        if self.have.is_full() || self.failed {
+            self.fallback_at = None;
+            return;
+        }
+        let mode = PickMode::Neighbour {
+            max_duplicates: self.config.max_duplicates,
+        };
+        let candidates: Vec<SocketAddr> = self
+            .neighbours
+            .iter()
+            .filter(|(&a, n)| Some(a) != self.owner && !n.banned && n.bitmap.is_some())
+            .map(|(&a, _)| a)
+            .collect();
+        for a in candidates {
+            self.request_from(now, a, self.config.max_requests_per_neighbour, mode);
+        }
+        self.fallback_at = None;
+        if let Some(owner) = self.owner.filter(|&o| o != self.local) {
+            let due = self.last_progress + self.config.owner_fallback_after;
+            if now < due {
+                self.fallback_at = Some(due);
+            } else {
+                let cap = self.config.max_owner_requests;
+                let asked = self.request_from(now, owner, cap, PickMode::Unavailable);
+                self.stats.owner_requests += asked as u64;
+            }
+        }
+    }
+
+    /// Asks `peer` for chunks chosen by `mode`, up to `cap` requests out;
+    /// returns how many it asked for. In `Unavailable` mode only chunks that
+    /// no usable neighbour (not the owner, not banned, not bad for that
+    /// chunk) offers.
+    fn request_from(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        cap: usize,
+        mode: PickMode,
+    ) -> usize {
+        let Some(n) = self.neighbours.get(&peer) else {
+            return 0;
+        };
+        let free = cap.saturating_sub(n.requests.len());
+        let Some(offers) = n.bitmap.as_ref().filter(|_| free > 0) else {
+            return 0;
+        };
+        let (neighbours, bad, owner) = (&self.neighbours, &self.bad_pairs, self.owner);
+        let usable_elsewhere = |i: ChunkIndex| {
+            neighbours
+                .iter()
+                .any(|(&a, m)| Some(a) != owner && !m.banned && m.has(i) && !bad.contains(&(a, i)))
+        };
+        let excluded = |i: ChunkIndex| {
+            n.asked(i)
+                || bad.contains(&(peer, i))
+                || (mode == PickMode::Unavailable && usable_elsewhere(i))
+        };
+        let picks = self
+            .picker
+            .pick(offers, free, mode, excluded, &mut self.rng);
+        let deadline = now + self.config.request_timeout;
+        if let Some(n) = self.neighbours.get_mut(&peer) {
+            for &i in &picks {
+                self.picker.requested(i);
+                n.requests.push((i, deadline));
+            }
+        }
+        for &index in &picks {
+            self.send(peer, Body::Request { index });
+        }
+        picks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::storage::MemoryStore;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 7000))
+    }
+
+    fn file() -> (Manifest, Vec<u8>) {
+        let mut data = vec![0u8; 350_000];
+        Rng::new(5).fill(&mut data);
+        (Manifest::of_bytes("f.bin", &data), data)
+    }
+
+    fn drain(s: &mut Swarm) -> Vec<Action> {
+        std::iter::from_fn(|| s.poll_action()).collect()
+    }
+
+    #[test]
+    fn owner_pushes_each_chunk_to_one_member() {
+        let now = Instant::now();
+        let (m, data) = file();
+        let store = MemoryStore::with_file(&m, &data);
+        let full = ChunkBitmap::full(m.chunk_count());
+        let mut o = Swarm::new(
+            now,
+            m.clone(),
+            addr(1),
+            Box::new(store),
+            full,
+            SwarmConfig::default(),
+            1,
+        );
+        o.on_group(now, Some(addr(1)), &[addr(2), addr(3)]);
+        assert!(drain(&mut o).is_empty(), "nothing before upload");
+        o.start_upload(now).unwrap();
+        let acts = drain(&mut o);
+        assert_eq!(
+            acts,
+            vec![Action::Connect(addr(2)), Action::Connect(addr(3))]
+        );
+        o.on_neighbour_up(now, addr(2));
+        o.on_neighbour_up(now, addr(3));
+        let mut got = Vec::new();
+        for p in [addr(2), addr(3)] {
+            while let Some(msg) = o.poll_upload(p) {
+                if let Body::Chunk { index, .. } = msg.body {
+                    got.push((p, index));
+                }
+            }
+        }
+        got.sort_by_key(|&(_, i)| i);
+        assert_eq!(
+            got,
+            vec![(addr(2), 0), (addr(3), 1), (addr(2), 2), (addr(3), 3)]
+        );
+    }
+
+    #[test]
+    fn bad_chunk_is_dropped_and_sender_marked() {
+        let now = Instant::now();
+        let (m, data) = file();
+        let empty = ChunkBitmap::empty(m.chunk_count());
+        let cfg = SwarmConfig {
+            max_bad_chunks: 2,
+            ..SwarmConfig::default()
+        };
+        let mut s = Swarm::new(
+            now,
+            m.clone(),
+            addr(2),
+            Box::new(MemoryStore::empty(&m)),
+            empty,
+            cfg,
+            1,
+        );
+        s.on_group(now, Some(addr(1)), &[addr(2), addr(3)]);
+        s.on_neighbour_up(now, addr(3));
+        let hello = Body::Hello {
+            chunk_count: m.chunk_count(),
+            bitmap: ChunkBitmap::full(m.chunk_count()).to_bytes(),
+        };
+        s.on_message(now, addr(3), Message::new(m.file_hash, hello));
+        let requests: Vec<ChunkIndex> = drain(&mut s)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    message:
+                        Message {
+                            body: Body::Request { index },
+                            ..
+                        },
+                    ..
+                } => Some(index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(requests.len(), 4);
+        let mut bad = data[..102_400].to_vec();
+        bad[7] ^= 1;
+        let chunk = |index, data: &[u8]| {
+            let body = Body::Chunk {
+                index,
+                data: data.to_vec(),
+            };
+            Message::new(m.file_hash, body)
+        };
+        s.on_message(now, addr(3), chunk(0, &bad));
+        assert!(!s.have().get(0));
+        let acts = drain(&mut s);
+        assert!(acts.contains(&Action::BadChunk {
+            index: 0,
+            from: addr(3)
+        }));
+        s.on_message(now, addr(3), chunk(1, &bad));
+        let acts = drain(&mut s);
+        assert!(acts.contains(&Action::PeerBanned(addr(3))));
+        assert_eq!(s.stats().bad_chunks, 2);
+        // A good chunk still counts, even from a banned peer.
+        s.on_message(now, addr(3), chunk(2, &data[204_800..307_200]));
+        assert!(s.have().get(2));
+        // Garbage indices change nothing.
+        s.on_message(
+            now,
+            addr(3),
+            Message::new(m.file_hash, Body::Have { index: 99 }),
+        );
+        s.on_message(
+            now,
+            addr(3),
+            Message::new(m.file_hash, Body::Request { index: 99 }),
+        );
+        assert_eq!(s.stats().protocol_errors, 2);
+    }
+}
