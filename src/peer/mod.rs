@@ -7,3 +7,8 @@ pub mod overlay;
 pub mod picker;
 pub mod storage;
 pub mod swarm;
+
+// The peer process (the tracker work).
+pub mod console;
+pub mod process;
+pub mod tracker_client;

@@ -95,6 +95,15 @@ pub enum Action {
     StorageFailed(String),
 }
 
+/// How a connection ended, as the transport reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// The peer or we closed it.
+    Closed,
+    /// It died (no answer, idle timeout) or could not be opened.
+    Failed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwarmError {
     NotOwner,
@@ -390,6 +399,13 @@ impl Swarm {
         if self.neighbours.contains_key(&peer) {
             return;
         }
+        let member = Some(peer) != self.owner && self.members.contains(&peer);
+        if member && !self.is_owner() && !self.desired.contains(&peer) {
+            // Opened under an overlay we no longer share (a newer or older
+            // group); whoever is behind catches up with the next group push.
+            self.actions.push_back(Action::Disconnect(peer));
+            return;
+        }
         self.neighbours.insert(
             peer,
             Neighbour {
@@ -407,19 +423,22 @@ impl Swarm {
         self.fill_requests(now);
     }
 
-    /// The connection to `peer` closed or could not be opened. A member we
-    /// lose is left out of the overlay for a while, so it gets replaced.
-    pub fn on_neighbour_down(&mut self, now: Instant, peer: SocketAddr) {
+    /// The connection to `peer` closed, died, or could not be opened. A
+    /// member whose connection failed is left out of the overlay for a while,
+    /// so it gets replaced; a closed one is retried after `reconnect_after`
+    /// if we still want it.
+    pub fn on_neighbour_down(&mut self, now: Instant, peer: SocketAddr, reason: DownReason) {
         let known = self.neighbours.contains_key(&peer) || self.connecting.contains_key(&peer);
         if !known {
             return;
         }
         self.drop_neighbour(peer);
-        if Some(peer) != self.owner && self.members.contains(&peer) && !self.is_owner() {
+        let member = Some(peer) != self.owner && self.members.contains(&peer);
+        if reason == DownReason::Failed && member && !self.is_owner() {
             self.suspects.insert(peer, now + self.config.suspect_for);
             self.recompute_desired();
-            // Try the replacement now; keep the reconnect pacing for others.
-            self.connecting.remove(&peer);
+        } else if self.desired.contains(&peer) && self.we_initiate(peer) {
+            self.connecting.insert(peer, now);
         }
         if self.is_owner() {
             self.reassign_pushes(peer);

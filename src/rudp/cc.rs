@@ -1,1 +1,666 @@
-//! Congestion controllers behind one trait (owned by the congestion-control work).
+//! Congestion control behind one trait, a token-bucket pacer, and
+//! delivery-rate sampling.
+//!
+//! - [`NewReno`]: RFC 5681 / RFC 6582 as adapted by RFC 9002 §7 (one window
+//!   reduction per round trip of loss; persistent congestion collapses to the
+//!   minimum window). It is the reference that behaves like TCP.
+//! - [`Bbr`]: model-based, in the spirit of BBR (draft-cardwell-iccrg-bbr):
+//!   a windowed max of delivery-rate samples over 10 rounds (bottleneck
+//!   bandwidth), a 10-second min-RTT filter, a pacing-gain cycle, and a window
+//!   of about 2×BDP. Random loss is *not* congestion: a round counts as
+//!   congested only if its loss rate is over [`Bbr::LOSS_THRESH`] (BBRv2's 2%)
+//!   *and* either the RTT shows a standing queue or the loss is well above the
+//!   long-run (random) loss rate. A congested round cuts `inflight_hi` (as in
+//!   BBRv2), so a drop-tail queue overflow still backs the flow off.
+//! - [`DeliveryRateEstimator`]: draft-cheng-iccrg-delivery-rate-estimation.
+//! - [`Pacer`]: a token bucket releasing bytes at the controller's pacing rate.
+
+use super::rtt::RttEstimator;
+use super::CcKind;
+use std::time::{Duration, Instant};
+
+/// What one ACK told the controller.
+#[derive(Debug, Clone, Copy)]
+pub struct AckEvent {
+    pub now: Instant,
+    /// Bytes newly acknowledged by this ACK (ack-eliciting packets only).
+    pub bytes_acked: u64,
+    /// Send time of the most recently sent packet this ACK newly acknowledged.
+    pub largest_sent_time: Instant,
+    /// Bytes in flight after processing the ACK.
+    pub in_flight: u64,
+    pub rate: Option<RateSample>,
+}
+
+/// Loss declared while processing an ACK or a timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct LossEvent {
+    pub now: Instant,
+    pub bytes_lost: u64,
+    pub packets_lost: u64,
+    /// Send time of the most recently sent lost packet.
+    pub largest_sent_time: Instant,
+    /// RFC 9002 §7.6: losses spanning more than the persistent-congestion duration.
+    pub persistent: bool,
+    pub in_flight: u64,
+}
+
+pub trait Controller: Send {
+    fn on_packet_sent(&mut self, now: Instant, bytes: u64, in_flight: u64);
+    fn on_ack(&mut self, ev: &AckEvent, rtt: &RttEstimator);
+    fn on_loss(&mut self, ev: &LossEvent, rtt: &RttEstimator);
+    /// Congestion window in bytes.
+    fn window(&self) -> u64;
+    /// Bytes per second the pacer should release.
+    fn pacing_rate(&self, rtt: &RttEstimator) -> u64;
+    fn name(&self) -> &'static str;
+}
+
+pub fn new_controller(kind: CcKind, mss: u64) -> Box<dyn Controller> {
+    match kind {
+        CcKind::NewReno => Box::new(NewReno::new(mss)),
+        CcKind::Bbr => Box::new(Bbr::new(mss)),
+    }
+}
+
+/// RFC 9002 §7.2: initial window min(10 × max_datagram_size, max(2 × mds, 14720)).
+pub fn initial_window(mss: u64) -> u64 {
+    (10 * mss).min((2 * mss).max(14_720))
+}
+
+/// RFC 9002 §7.2: minimum window 2 × max_datagram_size.
+pub fn minimum_window(mss: u64) -> u64 {
+    2 * mss
+}
+
+pub struct NewReno {
+    mss: u64,
+    cwnd: u64,
+    ssthresh: u64,
+    /// Bytes acknowledged in congestion avoidance, toward the next +1 MSS.
+    ca_acked: u64,
+    /// RFC 9002 §7.3.2: packets sent before this time belong to the recovery period.
+    recovery_start: Option<Instant>,
+}
+
+impl NewReno {
+    /// RFC 9002 §7.3.2: kLossReductionFactor = 0.5.
+    const LOSS_REDUCTION_NUM: u64 = 1;
+    const LOSS_REDUCTION_DEN: u64 = 2;
+
+    pub fn new(mss: u64) -> Self {
+        NewReno {
+            mss,
+            cwnd: initial_window(mss),
+            ssthresh: u64::MAX,
+            ca_acked: 0,
+            recovery_start: None,
+        }
+    }
+
+    fn in_recovery(&self, sent: Instant) -> bool {
+        self.recovery_start.is_some_and(|r| sent <= r)
+    }
+}
+
+impl Controller for NewReno {
+    fn on_packet_sent(&mut self, _now: Instant, _bytes: u64, _in_flight: u64) {}
+
+    fn on_ack(&mut self, ev: &AckEvent, _rtt: &RttEstimator) {
+        if self.in_recovery(ev.largest_sent_time) {
+            return; // RFC 9002 §7.3.2: no window growth during recovery
+        }
+        if self.cwnd < self.ssthresh {
+            // RFC 5681 §3.1 slow start (byte counting, RFC 3465).
+            self.cwnd += ev.bytes_acked;
+        } else {
+            // Congestion avoidance: one MSS per window acknowledged.
+            self.ca_acked += ev.bytes_acked;
+            if self.ca_acked >= self.cwnd {
+                self.ca_acked -= self.cwnd;
+                self.cwnd += self.mss;
+            }
+        }
+    }
+
+    fn on_loss(&mut self, ev: &LossEvent, _rtt: &RttEstimator) {
+        if !self.in_recovery(ev.largest_sent_time) {
+            // RFC 6582 / RFC 9002 §7.3.2: one reduction per recovery period.
+            self.recovery_start = Some(ev.now);
+            self.cwnd = (self.cwnd * Self::LOSS_REDUCTION_NUM / Self::LOSS_REDUCTION_DEN)
+                .max(minimum_window(self.mss));
+            self.ssthresh = self.cwnd;
+            self.ca_acked = 0;
+        }
+        if ev.persistent {
+            // RFC 9002 §7.6.2
+            self.cwnd = minimum_window(self.mss);
+        }
+    }
+
+    fn window(&self) -> u64 {
+        self.cwnd
+    }
+
+    fn pacing_rate(&self, rtt: &RttEstimator) -> u64 {
+        // RFC 9002 §7.7: pace at N × cwnd / srtt with N = 1.25.
+        let srtt = rtt.srtt().as_secs_f64().max(1e-6);
+        (1.25 * self.cwnd as f64 / srtt) as u64
+    }
+
+    fn name(&self) -> &'static str {
+        "newreno"
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BbrState {
+    Startup,
+    Drain,
+    ProbeBw,
+    ProbeRtt,
+}
+
+pub struct Bbr {
+    mss: u64,
+    state: BbrState,
+    /// Per-round maximum delivery rate (bytes/s) of the last BW_WINDOW rounds.
+    bw_rounds: [u64; Bbr::BW_WINDOW],
+    round: u64,
+    next_round_delivered: u64,
+    min_rtt: Option<Duration>,
+    min_rtt_stamp: Option<Instant>,
+    /// Startup: bandwidth at the last growth check and rounds without 25% growth.
+    full_bw: u64,
+    full_bw_rounds: u32,
+    cycle_index: usize,
+    cycle_start: Option<Instant>,
+    probe_rtt_done: Option<Instant>,
+    /// BBRv2-style upper bound on inflight, cut by congested rounds.
+    inflight_hi: u64,
+    inflight_hi_growth_rounds: u32,
+    /// Loss accounting for the current round.
+    round_lost: u64,
+    round_acked: u64,
+    round_max_rtt: Duration,
+    round_max_inflight: u64,
+    /// Long-run loss rate of uncongested rounds (EWMA, ×1e6 fixed point).
+    loss_ewma: f64,
+    cwnd: u64,
+}
+
+impl Bbr {
+    /// Bottleneck-bandwidth filter length in rounds (draft-cardwell-iccrg-bbr BBR.BtlBwFilterLen).
+    pub const BW_WINDOW: usize = 10;
+    /// min_rtt filter length (BBR.MinRTTFilterLen = 10 s) and ProbeRTT duration (200 ms).
+    pub const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+    pub const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
+    /// 2/ln(2): the startup gain.
+    pub const HIGH_GAIN: f64 = 2.885;
+    pub const CWND_GAIN: f64 = 2.0;
+    pub const PACING_CYCLE: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+    /// BBRv2 BBR.LossThresh: a round losing more than 2% may be congested.
+    pub const LOSS_THRESH: f64 = 0.02;
+    /// BBRv2 BBR.Beta: multiplicative cut of inflight_hi on a congested round.
+    pub const BETA: f64 = 0.7;
+    /// A round whose largest RTT exceeds min_rtt by this factor has a standing queue.
+    pub const QUEUE_RTT_FACTOR: f64 = 1.5;
+    /// Rounds with fewer packets than this say nothing about loss rate.
+    const MIN_ROUND_PACKETS: u64 = 16;
+    /// Random-loss compensation is capped at this loss rate.
+    const MAX_COMPENSATED_LOSS: f64 = 0.35;
+
+    pub fn new(mss: u64) -> Self {
+        Bbr {
+            mss,
+            state: BbrState::Startup,
+            bw_rounds: [0; Self::BW_WINDOW],
+            round: 0,
+            next_round_delivered: 0,
+            min_rtt: None,
+            min_rtt_stamp: None,
+            full_bw: 0,
+            full_bw_rounds: 0,
+            cycle_index: 2,
+            cycle_start: None,
+            probe_rtt_done: None,
+            inflight_hi: u64::MAX,
+            inflight_hi_growth_rounds: 0,
+            round_lost: 0,
+            round_acked: 0,
+            round_max_rtt: Duration::ZERO,
+            round_max_inflight: 0,
+            loss_ewma: 0.0,
+            cwnd: initial_window(mss),
+        }
+    }
+
+    pub fn btl_bw(&self) -> u64 {
+        self.bw_rounds.iter().copied().max().unwrap_or(0)
+    }
+
+    fn bdp(&self, gain: f64) -> Option<u64> {
+        let bw = self.btl_bw();
+        let rtt = self.min_rtt?;
+        if bw == 0 {
+            return None;
+        }
+        Some((gain * bw as f64 * rtt.as_secs_f64()) as u64)
+    }
+
+    fn pacing_gain(&self) -> f64 {
+        match self.state {
+            BbrState::Startup => Self::HIGH_GAIN,
+            BbrState::Drain => 1.0 / Self::HIGH_GAIN,
+            BbrState::ProbeBw => Self::PACING_CYCLE[self.cycle_index],
+            BbrState::ProbeRtt => 1.0,
+        }
+    }
+
+    fn loss_compensation(&self) -> f64 {
+        1.0 / (1.0 - self.loss_ewma.min(Self::MAX_COMPENSATED_LOSS))
+    }
+
+    fn end_round(&mut self, rtt: &RttEstimator) {
+        let total = self.round_lost + self.round_acked;
+        let packets = total / self.mss.max(1);
+        if packets >= Self::MIN_ROUND_PACKETS {
+            let rate = self.round_lost as f64 / total as f64;
+            let min_rtt = self.min_rtt.unwrap_or(rtt.min()).as_secs_f64();
+            let queued = self.round_max_rtt.as_secs_f64() > min_rtt * Self::QUEUE_RTT_FACTOR;
+            let excess = rate > 2.0 * self.loss_ewma + Self::LOSS_THRESH;
+            if rate > Self::LOSS_THRESH && (queued || excess) {
+                // Congested round: back inflight_hi off from what was in flight.
+                let base = self.round_max_inflight.min(self.inflight_hi);
+                self.inflight_hi = ((base as f64 * Self::BETA) as u64).max(4 * self.mss);
+                self.inflight_hi_growth_rounds = 0;
+                if self.state == BbrState::Startup {
+                    self.state = BbrState::Drain;
+                }
+            } else {
+                self.loss_ewma = 0.875 * self.loss_ewma + 0.125 * rate;
+                if self.inflight_hi != u64::MAX {
+                    // Probe the bound back up, faster the longer it holds (BBRv2 ProbeBW_UP).
+                    self.inflight_hi_growth_rounds = (self.inflight_hi_growth_rounds + 1).min(20);
+                    let step = self.mss << (self.inflight_hi_growth_rounds / 2).min(10);
+                    self.inflight_hi = self.inflight_hi.saturating_add(step);
+                }
+            }
+        }
+        self.round_lost = 0;
+        self.round_acked = 0;
+        self.round_max_rtt = Duration::ZERO;
+        self.round_max_inflight = 0;
+    }
+
+    fn update_cwnd(&mut self) {
+        let target = match self.state {
+            BbrState::ProbeRtt => 4 * self.mss,
+            BbrState::Startup => self
+                .bdp(Self::HIGH_GAIN)
+                .map_or(self.cwnd, |b| b + 3 * self.mss)
+                .max(self.cwnd),
+            _ => self
+                .bdp(Self::CWND_GAIN)
+                .map_or(self.cwnd, |b| b + 3 * self.mss),
+        };
+        self.cwnd = target.min(self.inflight_hi).max(4 * self.mss);
+    }
+}
+
+impl Controller for Bbr {
+    fn on_packet_sent(&mut self, _now: Instant, _bytes: u64, _in_flight: u64) {}
+
+    fn on_ack(&mut self, ev: &AckEvent, rtt: &RttEstimator) {
+        let now = ev.now;
+        self.round_acked += ev.bytes_acked;
+        self.round_max_rtt = self.round_max_rtt.max(rtt.latest());
+        self.round_max_inflight = self.round_max_inflight.max(ev.in_flight + ev.bytes_acked);
+        // min_rtt filter.
+        let sample = rtt.latest();
+        let expired = self
+            .min_rtt_stamp
+            .is_some_and(|t| now.saturating_duration_since(t) > Self::MIN_RTT_WINDOW);
+        if self.min_rtt.is_none_or(|m| sample <= m) || (expired && self.state != BbrState::ProbeRtt)
+        {
+            if expired
+                && self.min_rtt.is_some_and(|m| sample > m)
+                && self.state == BbrState::ProbeBw
+            {
+                // Stale estimate: drain the queue to re-measure (BBR ProbeRTT).
+                self.state = BbrState::ProbeRtt;
+                self.probe_rtt_done = Some(now + Self::PROBE_RTT_DURATION);
+            }
+            self.min_rtt = Some(sample);
+            self.min_rtt_stamp = Some(now);
+        }
+        if let Some(rs) = ev.rate {
+            // Rounds (draft-cardwell BBRUpdateRound).
+            if rs.prior_delivered >= self.next_round_delivered {
+                self.next_round_delivered = rs.delivered;
+                self.round += 1;
+                self.bw_rounds[(self.round as usize) % Self::BW_WINDOW] = 0;
+                self.end_round(rtt);
+                if self.state == BbrState::Startup {
+                    let bw = self.btl_bw();
+                    if bw >= self.full_bw + self.full_bw / 4 {
+                        self.full_bw = bw;
+                        self.full_bw_rounds = 0;
+                    } else {
+                        self.full_bw_rounds += 1;
+                        if self.full_bw_rounds >= 3 {
+                            self.state = BbrState::Drain;
+                        }
+                    }
+                }
+            }
+            if rs.delivery_rate > 0 && (!rs.app_limited || rs.delivery_rate > self.btl_bw()) {
+                let slot = &mut self.bw_rounds[(self.round as usize) % Self::BW_WINDOW];
+                *slot = (*slot).max(rs.delivery_rate);
+            }
+        }
+        match self.state {
+            BbrState::Drain => {
+                if self.bdp(1.0).is_some_and(|b| ev.in_flight <= b) {
+                    self.state = BbrState::ProbeBw;
+                    self.cycle_index = 2;
+                    self.cycle_start = Some(now);
+                }
+            }
+            BbrState::ProbeBw => {
+                let phase = self.min_rtt.unwrap_or(rtt.srtt());
+                if self
+                    .cycle_start
+                    .is_none_or(|t| now.saturating_duration_since(t) >= phase)
+                {
+                    self.cycle_index = (self.cycle_index + 1) % Self::PACING_CYCLE.len();
+                    self.cycle_start = Some(now);
+                }
+            }
+            BbrState::ProbeRtt => {
+                if self.probe_rtt_done.is_some_and(|t| now >= t) {
+                    self.min_rtt_stamp = Some(now);
+                    self.state = BbrState::ProbeBw;
+                    self.cycle_index = 2;
+                    self.cycle_start = Some(now);
+                }
+            }
+            BbrState::Startup => {}
+        }
+        self.update_cwnd();
+    }
+
+    fn on_loss(&mut self, ev: &LossEvent, _rtt: &RttEstimator) {
+        self.round_lost += ev.bytes_lost;
+        if ev.persistent {
+            // The path went silent for a long time: restart the model.
+            self.cwnd = 4 * self.mss;
+            self.bw_rounds = [0; Self::BW_WINDOW];
+            self.full_bw = 0;
+            self.full_bw_rounds = 0;
+            self.state = BbrState::Startup;
+        }
+    }
+
+    fn window(&self) -> u64 {
+        self.cwnd
+    }
+
+    fn pacing_rate(&self, rtt: &RttEstimator) -> u64 {
+        let bw = self.btl_bw();
+        if bw == 0 {
+            // Before any sample: initial window over the (initial) RTT, with startup gain.
+            let srtt = rtt.srtt().as_secs_f64().max(1e-6);
+            return (Self::HIGH_GAIN * self.cwnd as f64 / srtt) as u64;
+        }
+        (self.pacing_gain() * self.loss_compensation() * bw as f64) as u64
+    }
+
+    fn name(&self) -> &'static str {
+        "bbr"
+    }
+}
+
+/// Per-packet state for delivery-rate sampling, recorded when it is sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateState {
+    pub delivered: u64,
+    pub delivered_time: Option<Instant>,
+    pub first_sent_time: Option<Instant>,
+    pub app_limited: bool,
+}
+
+/// One delivery-rate sample.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateSample {
+    /// Bytes per second.
+    pub delivery_rate: u64,
+    /// Connection-wide delivered bytes before / after the sampled packet.
+    pub prior_delivered: u64,
+    pub delivered: u64,
+    pub interval: Duration,
+    pub app_limited: bool,
+}
+
+/// draft-cheng-iccrg-delivery-rate-estimation: C.delivered, C.delivered_time,
+/// C.first_sent_time, C.app_limited.
+#[derive(Debug, Default)]
+pub struct DeliveryRateEstimator {
+    delivered: u64,
+    delivered_time: Option<Instant>,
+    first_sent_time: Option<Instant>,
+    /// Delivered count at which the app-limited phase ends (0 = not limited).
+    app_limited_until: u64,
+    /// Best sample of the ACK being processed.
+    pending: Option<(RateState, Instant)>,
+}
+
+impl DeliveryRateEstimator {
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// §3.2 on send: stamps the packet. `in_flight` is before this packet.
+    pub fn on_sent(&mut self, now: Instant, in_flight: u64) -> RateState {
+        if in_flight == 0 {
+            self.first_sent_time = Some(now);
+            self.delivered_time = Some(now);
+        }
+        RateState {
+            delivered: self.delivered,
+            delivered_time: self.delivered_time,
+            first_sent_time: self.first_sent_time,
+            app_limited: self.app_limited_until > 0,
+        }
+    }
+
+    /// §3.3: the sender ran out of data with room in its window.
+    pub fn on_app_limited(&mut self, in_flight: u64) {
+        self.app_limited_until = (self.delivered + in_flight).max(1);
+    }
+
+    /// §3.3 per newly acknowledged packet.
+    pub fn on_acked(&mut self, now: Instant, st: &RateState, sent_time: Instant, bytes: u64) {
+        self.delivered += bytes;
+        self.delivered_time = Some(now);
+        if self.app_limited_until > 0 && self.delivered > self.app_limited_until {
+            self.app_limited_until = 0;
+        }
+        let better = self
+            .pending
+            .as_ref()
+            .is_none_or(|(p, _)| st.delivered > p.delivered);
+        if better && st.delivered_time.is_some() {
+            self.pending = Some((*st, sent_time));
+            self.first_sent_time = Some(sent_time);
+        }
+    }
+
+    /// §3.3 at the end of an ACK: the sample from the most recent packet acked.
+    pub fn take_sample(&mut self, now: Instant) -> Option<RateSample> {
+        let (st, sent_time) = self.pending.take()?;
+        let send_elapsed = sent_time.saturating_duration_since(st.first_sent_time?);
+        let ack_elapsed = now.saturating_duration_since(st.delivered_time?);
+        let interval = send_elapsed.max(ack_elapsed);
+        let delivered = self.delivered - st.delivered;
+        if interval < Duration::from_micros(1) {
+            return None;
+        }
+        Some(RateSample {
+            delivery_rate: (delivered as f64 / interval.as_secs_f64()) as u64,
+            prior_delivered: st.delivered,
+            delivered: self.delivered,
+            interval,
+            app_limited: st.app_limited,
+        })
+    }
+}
+
+/// Token-bucket pacer: bytes accrue at `rate` up to a burst of
+/// `max(BURST_PACKETS × mss, rate × BURST_TIME)`. A packet may leave when the
+/// bucket holds at least its size.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    mss: u64,
+    tokens: f64,
+    last: Option<Instant>,
+    rate: u64,
+}
+
+impl Pacer {
+    pub const BURST_PACKETS: u64 = 10;
+    pub const BURST_TIME: Duration = Duration::from_millis(2);
+
+    pub fn new(mss: u64) -> Self {
+        Pacer {
+            mss,
+            tokens: (Self::BURST_PACKETS * mss) as f64,
+            last: None,
+            rate: 0,
+        }
+    }
+
+    fn capacity(&self) -> f64 {
+        (Self::BURST_PACKETS * self.mss)
+            .max((self.rate as f64 * Self::BURST_TIME.as_secs_f64()) as u64) as f64
+    }
+
+    pub fn set_rate(&mut self, rate: u64) {
+        self.rate = rate.max(1);
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate as f64).min(self.capacity());
+        }
+        self.last = Some(now);
+    }
+
+    /// None if `bytes` may go now; otherwise when they may.
+    pub fn delay_until(&mut self, now: Instant, bytes: u64) -> Option<Instant> {
+        self.refill(now);
+        if self.tokens >= bytes as f64 {
+            return None;
+        }
+        let wait = (bytes as f64 - self.tokens) / self.rate.max(1) as f64;
+        Some(now + Duration::from_secs_f64(wait.min(1.0)) + Duration::from_nanos(1))
+    }
+
+    pub fn on_sent(&mut self, bytes: u64) {
+        self.tokens -= bytes as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn newreno_halves_once_per_recovery_and_grows() {
+        let mss = 1400;
+        let mut c = NewReno::new(mss);
+        let rtt = RttEstimator::new();
+        let t = t0();
+        let w0 = c.window();
+        c.on_ack(
+            &AckEvent {
+                now: t,
+                bytes_acked: mss,
+                largest_sent_time: t,
+                in_flight: 0,
+                rate: None,
+            },
+            &rtt,
+        );
+        assert_eq!(c.window(), w0 + mss);
+        let loss = |now| LossEvent {
+            now,
+            bytes_lost: mss,
+            packets_lost: 1,
+            largest_sent_time: t,
+            persistent: false,
+            in_flight: 0,
+        };
+        c.on_loss(&loss(t + Duration::from_millis(1)), &rtt);
+        let w1 = c.window();
+        assert_eq!(w1, (w0 + mss) / 2);
+        // A second loss of a packet sent before recovery began: no second cut.
+        c.on_loss(&loss(t + Duration::from_millis(2)), &rtt);
+        assert_eq!(c.window(), w1);
+    }
+
+    #[test]
+    fn pacer_releases_at_rate() {
+        let mut p = Pacer::new(1000);
+        p.set_rate(1_000_000); // 1 MB/s: a 1000-byte packet per ms
+        let t = t0();
+        let mut now = t;
+        let mut sent = 0u64;
+        while now < t + Duration::from_secs(1) {
+            match p.delay_until(now, 1000) {
+                None => {
+                    p.on_sent(1000);
+                    sent += 1000;
+                }
+                Some(at) => now = at,
+            }
+        }
+        // One second at 1 MB/s plus the initial burst.
+        assert!((1_000_000..=1_000_000 + 11_000).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn delivery_rate_of_a_steady_flow() {
+        let mut d = DeliveryRateEstimator::default();
+        let t = t0();
+        let ms = Duration::from_millis(1);
+        // One 1000-byte packet per ms, each acked 10 ms later.
+        let mut sent = Vec::new();
+        let mut last = None;
+        for i in 0..100u32 {
+            let now = t + ms * i;
+            let inflight = sent
+                .iter()
+                .filter(|(s, _): &&(Instant, _)| *s + ms * 10 > now)
+                .count() as u64
+                * 1000;
+            sent.push((now, d.on_sent(now, inflight)));
+            if i >= 10 {
+                let (st_time, st) = sent[(i - 10) as usize];
+                d.on_acked(now, &st, st_time, 1000);
+                last = d.take_sample(now);
+            }
+        }
+        let s = last.unwrap();
+        assert!((900_000..1_100_000).contains(&s.delivery_rate), "{s:?}");
+    }
+}

@@ -1,7 +1,30 @@
 //! The sans-IO endpoint: many connections on one UDP socket, demultiplexed by
-//! connection ID. (API contract; bodies to be written by the rudp work.)
+//! connection ID.
+//!
+//! Handshake (a stateless cookie, like QUIC's Retry, RFC 9000 §8.1.2):
+//! ```text
+//! initiator                                   responder
+//!   INITIAL(cid_i, no cookie, padded to 1200) ->
+//!                                  <- RETRY(cookie)      no state kept; RETRY < INITIAL
+//!   INITIAL(cid_i, cookie, padded)            ->
+//!                                                        cookie = time ‖ MAC(secret, addr, cid_i, time):
+//!                                                        valid -> connection created (Event::Connected)
+//!                                  <- DATA(ACCEPT(cid_r), MAX_DATA, ...)   retransmitted until acked
+//!   Event::Connected; DATA both ways with the peer's CID as destination.
+//! ```
+//! Before the cookie proves the initiator can receive at its address, the
+//! responder keeps no state and answers each (≥ 1200-byte) INITIAL with one
+//! RETRY of under 40 bytes, so it cannot be used to amplify traffic.
+//! Datagrams with a bad CRC, an unknown version, an unknown connection, a
+//! bad cookie or a malformed body are dropped and counted in
+//! [`EndpointCounters`]; they change nothing else.
 
+use super::connection::{Connection, Role, State};
+use super::packet::{self, Packet, PacketType};
 use super::Config;
+use crate::rng::Rng;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -108,51 +131,326 @@ pub struct EndpointCounters {
     pub unknown_connection: u64,
     pub bad_version: u64,
     pub bad_cookie: u64,
+    /// Packets received twice (already seen packet number).
+    pub duplicate: u64,
+    /// INITIALs refused (not accepting, too short, or stateless-reply queue full).
+    pub refused: u64,
 }
+
+/// How long a RETRY cookie stays valid.
+pub const COOKIE_LIFETIME: Duration = Duration::from_secs(10);
+const COOKIE_LEN: usize = 16;
+/// Stateless replies (RETRY) waiting to be sent; beyond this INITIALs are dropped.
+const MAX_STATELESS_QUEUE: usize = 256;
 
 pub struct Endpoint {
-    _config: Config,
+    config: Config,
+    rng: Rng,
+    secret: [u8; 32],
+    /// Time origin for cookie timestamps (the first `now` we saw).
+    epoch: Option<Instant>,
+    conns: BTreeMap<ConnectionHandle, Connection>,
+    by_cid: HashMap<u64, ConnectionHandle>,
+    by_initial: HashMap<(SocketAddr, u64), ConnectionHandle>,
+    next_handle: u64,
+    stateless: VecDeque<(SocketAddr, u64, [u8; COOKIE_LEN])>,
+    events: VecDeque<(ConnectionHandle, Event)>,
+    counters: EndpointCounters,
+    /// Round-robin position for `poll_transmit`.
+    rr_next: ConnectionHandle,
 }
 
-#[allow(unused_variables)]
 impl Endpoint {
     /// `seed` keys the cookie MAC and connection IDs (tests pass a fixed one).
     pub fn new(config: Config, seed: u64) -> Self {
-        todo!()
+        let mut config = config;
+        config.max_udp_payload = config
+            .max_udp_payload
+            .clamp(super::MIN_UDP_PAYLOAD, u16::MAX as usize);
+        let mut rng = Rng::new(seed ^ 0x7275_6470_656e_6470);
+        let mut secret = [0u8; 32];
+        rng.fill(&mut secret);
+        Endpoint {
+            config,
+            rng,
+            secret,
+            epoch: None,
+            conns: BTreeMap::new(),
+            by_cid: HashMap::new(),
+            by_initial: HashMap::new(),
+            next_handle: 0,
+            stateless: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: EndpointCounters::default(),
+            rr_next: ConnectionHandle(0),
+        }
     }
 
     pub fn config(&self) -> &Config {
-        &self._config
+        &self.config
+    }
+
+    fn epoch(&mut self, now: Instant) -> Instant {
+        *self.epoch.get_or_insert(now)
+    }
+
+    fn new_cid(&mut self) -> u64 {
+        loop {
+            let c = self.rng.next_u64();
+            if c != 0 && !self.by_cid.contains_key(&c) {
+                return c;
+            }
+        }
+    }
+
+    fn insert(&mut self, conn: Connection) -> ConnectionHandle {
+        let h = ConnectionHandle(self.next_handle);
+        self.next_handle += 1;
+        self.by_cid.insert(conn.local_cid(), h);
+        self.conns.insert(h, conn);
+        h
     }
 
     /// Starts a handshake with `remote`; `Event::Connected` follows on success.
     pub fn connect(&mut self, now: Instant, remote: SocketAddr) -> ConnectionHandle {
-        todo!()
+        self.epoch(now);
+        let cid = self.new_cid();
+        let conn = Connection::new(Role::Initiator, &self.config, now, remote, cid, None);
+        self.insert(conn)
+    }
+
+    fn cookie_mac(&self, remote: SocketAddr, cid: u64, issued_ms: u64) -> [u8; 8] {
+        let mut h = Sha256::new();
+        h.update(self.secret);
+        match remote {
+            SocketAddr::V4(a) => h.update(a.ip().octets()),
+            SocketAddr::V6(a) => h.update(a.ip().octets()),
+        }
+        h.update(remote.port().to_be_bytes());
+        h.update(cid.to_be_bytes());
+        h.update(issued_ms.to_be_bytes());
+        let d = h.finalize();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&d[..8]);
+        out
+    }
+
+    fn make_cookie(&mut self, now: Instant, remote: SocketAddr, cid: u64) -> [u8; COOKIE_LEN] {
+        let ms = now.saturating_duration_since(self.epoch(now)).as_millis() as u64;
+        let mut c = [0u8; COOKIE_LEN];
+        c[..8].copy_from_slice(&ms.to_be_bytes());
+        c[8..].copy_from_slice(&self.cookie_mac(remote, cid, ms));
+        c
+    }
+
+    fn cookie_valid(&mut self, now: Instant, remote: SocketAddr, cid: u64, cookie: &[u8]) -> bool {
+        if cookie.len() != COOKIE_LEN {
+            return false;
+        }
+        let mut ms = [0u8; 8];
+        ms.copy_from_slice(&cookie[..8]);
+        let issued = u64::from_be_bytes(ms);
+        let now_ms = now.saturating_duration_since(self.epoch(now)).as_millis() as u64;
+        if issued > now_ms || now_ms - issued > COOKIE_LIFETIME.as_millis() as u64 {
+            return false;
+        }
+        self.cookie_mac(remote, cid, issued) == cookie[8..]
     }
 
     /// Feeds one received UDP payload.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, data: &[u8]) {
-        todo!()
+        self.epoch(now);
+        let Ok(p) = Packet::new_checked(data) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        if !p.crc_ok() {
+            self.counters.bad_crc += 1;
+            return;
+        }
+        if p.version() != packet::PROTOCOL_VERSION {
+            self.counters.bad_version += 1;
+            return;
+        }
+        match p.packet_type() {
+            None => self.counters.malformed += 1,
+            Some(PacketType::Initial) => self.handle_initial(now, remote, &p),
+            Some(PacketType::Retry) => {
+                let Some(h) = self.by_cid.get(&p.dcid()).copied() else {
+                    self.counters.unknown_connection += 1;
+                    return;
+                };
+                let Ok(cookie) = packet::parse_retry(p.payload()) else {
+                    self.counters.malformed += 1;
+                    return;
+                };
+                let Some(c) = self.conns.get_mut(&h) else {
+                    return;
+                };
+                if c.remote() != remote || c.role() != Role::Initiator {
+                    self.counters.unknown_connection += 1;
+                    return;
+                }
+                c.handle_retry(cookie);
+                self.collect(h);
+            }
+            Some(PacketType::Data) => {
+                let Some(h) = self.by_cid.get(&p.dcid()).copied() else {
+                    self.counters.unknown_connection += 1;
+                    return;
+                };
+                if Connection::validate(p.payload()).is_err() {
+                    self.counters.malformed += 1;
+                    return;
+                }
+                let Some(c) = self.conns.get_mut(&h) else {
+                    return;
+                };
+                if c.remote() != remote {
+                    self.counters.unknown_connection += 1;
+                    return;
+                }
+                if c.handle_packet(now, p.packet_number(), p.payload(), data.len())
+                    .is_err()
+                {
+                    self.counters.duplicate += 1;
+                }
+                self.collect(h);
+            }
+        }
+    }
+
+    fn handle_initial(&mut self, now: Instant, remote: SocketAddr, p: &Packet<&[u8]>) {
+        let Ok(init) = packet::Initial::parse(p.payload()) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        if !self.config.accept_incoming
+            || p.payload().len() + packet::OVERHEAD < packet::MIN_INITIAL_SIZE
+        {
+            self.counters.refused += 1;
+            return;
+        }
+        if let Some(&h) = self.by_initial.get(&(remote, init.src_cid)) {
+            if let Some(c) = self.conns.get_mut(&h) {
+                c.handle_repeated_initial();
+                return;
+            }
+        }
+        if init.cookie.is_empty() {
+            if self.stateless.len() >= MAX_STATELESS_QUEUE {
+                self.counters.refused += 1;
+                return;
+            }
+            let cookie = self.make_cookie(now, remote, init.src_cid);
+            self.stateless.push_back((remote, init.src_cid, cookie));
+            return;
+        }
+        if !self.cookie_valid(now, remote, init.src_cid, init.cookie) {
+            self.counters.bad_cookie += 1;
+            return;
+        }
+        let cid = self.new_cid();
+        let conn = Connection::new(
+            Role::Responder,
+            &self.config,
+            now,
+            remote,
+            cid,
+            Some(init.src_cid),
+        );
+        let h = self.insert(conn);
+        self.by_initial.insert((remote, init.src_cid), h);
+        self.collect(h);
+    }
+
+    /// Moves a connection's events out and forgets it once it is gone.
+    fn collect(&mut self, h: ConnectionHandle) {
+        let Some(c) = self.conns.get_mut(&h) else {
+            return;
+        };
+        while let Some(e) = c.poll_event() {
+            self.events.push_back((h, e));
+        }
+        if c.state() == State::Gone {
+            let cid = c.local_cid();
+            self.by_cid.remove(&cid);
+            self.by_initial.retain(|_, v| *v != h);
+            self.conns.remove(&h);
+        }
     }
 
     /// Call when `poll_timeout()`'s deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        todo!()
+        let due: Vec<ConnectionHandle> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in due {
+            if let Some(c) = self.conns.get_mut(&h) {
+                c.handle_timeout(now);
+            }
+            self.collect(h);
+        }
     }
 
     /// Writes the next datagram to send into `buf` (cleared first). `None` when
     /// nothing may be sent now (nothing to send, window full, or pacing).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        todo!()
+        buf.clear();
+        if let Some((dest, cid, cookie)) = self.stateless.pop_front() {
+            packet::write_retry(buf, cid, &cookie);
+            return Some(Transmit {
+                destination: dest,
+                len: buf.len(),
+            });
+        }
+        if self.conns.is_empty() {
+            return None;
+        }
+        // Round-robin: start after the connection that sent last.
+        let start = self.rr_next;
+        let order = self
+            .conns
+            .range(start..)
+            .chain(self.conns.range(..start))
+            .map(|(h, _)| *h);
+        let mut chosen = None;
+        let mut gone = Vec::new();
+        for h in order.collect::<Vec<_>>() {
+            let Some(c) = self.conns.get_mut(&h) else {
+                continue;
+            };
+            let len = if c.wants_initial() {
+                Some(c.write_initial(now, buf))
+            } else {
+                c.poll_transmit(now, buf)
+            };
+            if c.state() == State::Gone {
+                gone.push(h);
+            }
+            if let Some(len) = len {
+                chosen = Some((h, c.remote(), len));
+                break;
+            }
+        }
+        for h in gone {
+            self.collect(h);
+        }
+        let (h, destination, len) = chosen?;
+        self.rr_next = ConnectionHandle(h.0 + 1);
+        Some(Transmit { destination, len })
     }
 
     /// Earliest deadline (timer or pacing release) at which to call `handle_timeout`/`poll_transmit`.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        todo!()
+        self.conns.values().filter_map(|c| c.poll_timeout()).min()
     }
 
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
-        todo!()
+        self.events.pop_front()
     }
 
     /// Queues a message. `ordered` messages are delivered in send order among
@@ -163,33 +461,53 @@ impl Endpoint {
         message: Vec<u8>,
         ordered: bool,
     ) -> Result<(), SendError> {
-        todo!()
+        let c = self
+            .conns
+            .get_mut(&handle)
+            .filter(|c| c.is_open())
+            .ok_or(SendError::UnknownConnection)?;
+        c.send(message, ordered)
     }
 
     /// Application bytes queued or in flight, not yet acknowledged (for backpressure).
     pub fn send_backlog(&self, handle: ConnectionHandle) -> usize {
-        todo!()
+        self.conns.get(&handle).map_or(0, |c| c.send_backlog())
     }
 
     /// Starts a graceful close.
     pub fn close(&mut self, now: Instant, handle: ConnectionHandle) {
-        todo!()
+        if let Some(c) = self.conns.get_mut(&handle) {
+            c.close(now);
+        }
+        self.collect(handle);
     }
 
     pub fn remote_address(&self, handle: ConnectionHandle) -> Option<SocketAddr> {
-        todo!()
+        self.conns
+            .get(&handle)
+            .filter(|c| c.is_open())
+            .map(|c| c.remote())
     }
 
     pub fn stats(&self, handle: ConnectionHandle) -> Option<Stats> {
-        todo!()
+        self.conns.get(&handle).map(|c| c.stats())
     }
 
     pub fn counters(&self) -> &EndpointCounters {
-        todo!()
+        &self.counters
     }
 
     /// Handles of the live connections.
     pub fn connections(&self) -> Vec<ConnectionHandle> {
-        todo!()
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.is_open())
+            .map(|(h, _)| *h)
+            .collect()
+    }
+
+    /// Bytes a connection holds in buffers and records (see `Connection::memory_usage`).
+    pub fn memory_usage(&self, handle: ConnectionHandle) -> Option<usize> {
+        self.conns.get(&handle).map(|c| c.memory_usage())
     }
 }

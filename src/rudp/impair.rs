@@ -247,6 +247,13 @@ impl Impairment {
         Some((h.dest, h.data))
     }
 
+    /// The earliest held datagram with its release time, whatever the time
+    /// now (the simulator schedules releases itself).
+    pub fn pop_next(&mut self) -> Option<(Instant, SocketAddr, Vec<u8>)> {
+        let Reverse(h) = self.held.pop()?;
+        Some((h.release, h.dest, h.data))
+    }
+
     /// When the earliest held datagram is due.
     pub fn next_release(&self) -> Option<Instant> {
         self.held.peek().map(|h| h.0.release)

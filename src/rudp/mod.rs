@@ -7,10 +7,15 @@
 //! [`driver`] drives one over a real UDP socket with mio.
 
 pub mod cc;
+pub mod connection;
 pub mod driver;
 pub mod endpoint;
 pub mod impair;
+pub mod packet;
+pub mod range_set;
+pub mod rtt;
 pub mod sim;
+pub mod timer;
 
 pub use endpoint::{
     ConnectionError, ConnectionHandle, Endpoint, Event, SendError, Stats, Transmit,

@@ -1,0 +1,98 @@
+//! `peer`: a chunkswarm peer. Connects to the tracker, then takes console
+//! commands (register-peer, list, register-group, upload, status, help, quit)
+//! from a prompt or, when stdin is not a terminal, one per line.
+
+use chunkswarm::peer::process::{
+    connect_tracker, spawn_console, spawn_signal_listener, PeerConfig, PeerLoop,
+};
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A chunkswarm peer: share files and download them from a swarm."
+)]
+struct Args {
+    /// Directory of the files this peer shares and where downloads are written.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Local IP address for the rudp (UDP) socket.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// UDP port for rudp traffic; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// IP address other peers should use to reach this one (default: the
+    /// source address the tracker sees).
+    #[arg(long)]
+    advertise: Option<IpAddr>,
+    /// Heartbeat interval in milliseconds (the peer sends them at least as
+    /// often as the tracker asks).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    heartbeat_ms: u64,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less log output on stderr (repeat for less).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    quiet: u8,
+    /// Host name or IP address of the tracker.
+    tracker_host: String,
+    /// TCP port of the tracker.
+    tracker_port: u16,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    chunkswarm::cli::init_logging(args.verbose, args.quiet);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    match std::fs::metadata(&args.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a directory; give --dir a directory",
+                args.dir.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot use --dir {}: {e}; create it first",
+                args.dir.display()
+            ))
+        }
+    }
+    let udp_addr = SocketAddr::new(args.bind, args.port);
+    let udp = UdpSocket::bind(udp_addr).map_err(|e| {
+        format!("cannot bind the rudp socket on {udp_addr}: {e}; pick another --port")
+    })?;
+    let (stream, tracker) = connect_tracker(
+        &args.tracker_host,
+        args.tracker_port,
+        Duration::from_secs(5),
+    )?;
+    let config = PeerConfig {
+        dir: args.dir,
+        tracker_name: tracker.to_string(),
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        advertise: args.advertise,
+    };
+    let mut peer =
+        PeerLoop::new(stream, udp, config).map_err(|e| format!("cannot start the peer: {e}"))?;
+    spawn_signal_listener(peer.console_sender())
+        .map_err(|e| format!("cannot catch signals: {e}"))?;
+    spawn_console(peer.console_sender()).map_err(|e| format!("cannot start the console: {e}"))?;
+    peer.run().map_err(|e| e.to_string())
+}
