@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(got_sorted, vec![2, 3]);
         assert_eq!(
             p.pick(&bitmap(6, &[4]), 2, mode, |_| false, &mut rng),
-            vec![]
+            Vec::<ChunkIndex>::new()
         );
     }
 
@@ -257,7 +257,7 @@ mod tests {
         // Chunk 2 is unrequested: no duplicates yet.
         assert_eq!(
             p.pick(&bitmap(3, &[1]), 4, mode, |_| false, &mut rng),
-            vec![]
+            Vec::<ChunkIndex>::new()
         );
         p.requested(2);
         assert_eq!(p.unrequested(), 0);

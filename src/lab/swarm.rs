@@ -1,0 +1,223 @@
+//! `netlab swarm`: a star of peer hosts through the router, each with its
+//! upload capped, and the distribution-time bounds to hold a measured swarm
+//! against (Kurose & Ross §2.5: a server with upload u_s sends a file of F bits
+//! to N peers with uploads u_i).
+//!
+//! - client-server: D_cs = N·F / u_s (the server uploads every copy itself);
+//! - P2P lower bound: D_p2p ≥ max(F / u_s, N·F / (u_s + Σu_i)) (every bit leaves
+//!   the server at least once, and N·F bits must be uploaded by someone).
+//!
+//! Download capacity is not capped here, so the F/d_min terms drop out.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::probe::{measure_path, PathMeasurement};
+use super::topology::{ImpairMethod, PathSpec, Topology, TopologySpec};
+use super::units::Rate;
+use super::LabError;
+
+/// Client-server distribution time: N·F / u_s. `None` for a zero rate.
+pub fn client_server_time(
+    downloaders: usize,
+    file_bytes: u64,
+    server_upload: Rate,
+) -> Option<Duration> {
+    server_upload.time_for(file_bytes.saturating_mul(downloaders as u64))
+}
+
+/// P2P lower bound: max(F / u_s, N·F / (u_s + Σu_i)). `None` for a zero server rate.
+pub fn p2p_lower_bound(
+    file_bytes: u64,
+    server_upload: Rate,
+    peer_uploads: &[Rate],
+) -> Option<Duration> {
+    let first_copy = server_upload.time_for(file_bytes)?;
+    let total_upload: u64 =
+        server_upload.bits_per_sec() + peer_uploads.iter().map(|r| r.bits_per_sec()).sum::<u64>();
+    let all_copies = Rate::from_bits_per_sec(total_upload)
+        .time_for(file_bytes.saturating_mul(peer_uploads.len() as u64))?;
+    Some(first_copy.max(all_copies))
+}
+
+/// The swarm experiment.
+#[derive(Debug, Clone)]
+pub struct SwarmSpec {
+    /// Peers in all, the owner of the file included (1 + N downloaders).
+    pub peers: usize,
+    pub upload: Rate,
+    pub file_size: u64,
+    pub path: PathSpec,
+    pub demo_bin: PathBuf,
+    pub delayer_program: PathBuf,
+    pub timeout: Duration,
+}
+
+impl SwarmSpec {
+    fn downloaders(&self) -> usize {
+        self.peers.saturating_sub(1)
+    }
+
+    pub fn p2p_bound(&self) -> Option<Duration> {
+        p2p_lower_bound(
+            self.file_size,
+            self.upload,
+            &vec![self.upload; self.downloaders()],
+        )
+    }
+
+    pub fn client_server(&self) -> Option<Duration> {
+        client_server_time(self.downloaders(), self.file_size, self.upload)
+    }
+}
+
+/// What the swarm run measured, beside the bounds.
+#[derive(Debug, Clone)]
+pub struct SwarmReport {
+    pub spec: SwarmSpec,
+    pub measured_path: Option<PathMeasurement>,
+    /// Time until every downloader held a verified copy, when the run happened.
+    pub distribution_time: Option<Duration>,
+    /// Why there is no distribution time.
+    pub note: Option<String>,
+}
+
+fn secs(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64())
+}
+
+impl SwarmReport {
+    pub fn to_text(&self) -> String {
+        let s = &self.spec;
+        let mut out = format!(
+            "swarm: {} peers (1 owner + {} downloaders), upload {} each, file {} bytes, rtt {} ms, loss {:.2}% each way\n",
+            s.peers,
+            s.downloaders(),
+            s.upload,
+            s.file_size,
+            s.path.rtt.as_millis(),
+            s.path.loss.mean_loss() * 100.0
+        );
+        if let Some(m) = self.measured_path {
+            out += &format!(
+                "measured between two peers: rtt {:.2} ms, loss {:.2}% each way\n",
+                m.rtt_avg_ms,
+                m.one_way_loss() * 100.0
+            );
+        }
+        let f = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+        };
+        out += &format!("P2P lower bound:     {}\n", f(s.p2p_bound()));
+        out += &format!("client-server time:  {}\n", f(s.client_server()));
+        out += &format!("measured:            {}", f(self.distribution_time));
+        if let (Some(t), Some(b)) = (self.distribution_time, s.p2p_bound()) {
+            out += &format!(
+                " ({:.2} × the P2P bound)",
+                t.as_secs_f64() / b.as_secs_f64()
+            );
+        }
+        out.push('\n');
+        if let Some(note) = &self.note {
+            out += &format!("note: {note}\n");
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = &self.spec;
+        json!({
+            "peers": s.peers,
+            "upload_mbit": s.upload.mbit(),
+            "file_bytes": s.file_size,
+            "rtt_ms": s.path.rtt.as_secs_f64() * 1e3,
+            "loss": s.path.loss.mean_loss(),
+            "p2p_bound_s": secs(s.p2p_bound()),
+            "client_server_s": secs(s.client_server()),
+            "measured_s": secs(self.distribution_time),
+            "measured_rtt_ms": self.measured_path.map(|m| m.rtt_avg_ms).filter(|v| v.is_finite()),
+            "measured_loss": self.measured_path.map(|m| m.one_way_loss()),
+            "note": self.note,
+        })
+    }
+}
+
+/// Builds the star (one host per peer, uploads capped), measures the path
+/// between two peers, and runs the demo's peers there when it can.
+pub fn run_swarm(spec: &SwarmSpec) -> Result<SwarmReport, LabError> {
+    if spec.peers < 2 {
+        return Err(LabError::Setup("a swarm needs at least 2 peers".into()));
+    }
+    let topo = Topology::build(&TopologySpec {
+        host_names: TopologySpec::star(spec.peers),
+        router_rate: None,
+        host_upload: Some(spec.upload),
+        path: spec.path,
+        method: ImpairMethod::Auto,
+        delayer_program: spec.delayer_program.clone(),
+    })?;
+    let measured_path = match (topo.host(0), topo.host(1)) {
+        (Some(a), Some(b)) => Some(measure_path(&a.ns, b.addr, 200, Duration::from_millis(2))?),
+        _ => None,
+    };
+    let note = if spec.demo_bin.is_file() {
+        format!(
+            "{} exists, but it starts all its peers itself on loopback; it has no way yet to run one peer per host namespace, so no distribution time was measured",
+            spec.demo_bin.display()
+        )
+    } else {
+        format!(
+            "{} not found (the swarm demo is not built yet), so no distribution time was measured",
+            spec.demo_bin.display()
+        )
+    };
+    drop(topo);
+    Ok(SwarmReport {
+        spec: spec.clone(),
+        measured_path,
+        distribution_time: None,
+        note: Some(note),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_for_the_issue_swarms() {
+        let u = Rate::from_mbit(20.0);
+        let f = 10_000_000; // 80 Mbit: 4 s at 20 Mbit/s
+                            // 1 + 5: max(4 s, 5·80/(20 + 5·20) = 3.33 s) = 4 s; client-server 5·4 = 20 s.
+        assert_eq!(p2p_lower_bound(f, u, &[u; 5]), Some(Duration::from_secs(4)));
+        assert_eq!(client_server_time(5, f, u), Some(Duration::from_secs(20)));
+        // 1 + 15: max(4, 15·80/320 = 3.75) = 4 s; client-server 60 s.
+        assert_eq!(
+            p2p_lower_bound(f, u, &[u; 15]),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(client_server_time(15, f, u), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn slow_peers_make_the_aggregate_term_bind() {
+        let server = Rate::from_mbit(20.0);
+        let peers = [Rate::from_mbit(1.0); 10];
+        // N·F/(u_s + Σu_i) = 10·80 Mbit / 30 Mbit/s = 26.67 s > F/u_s = 4 s.
+        let b = p2p_lower_bound(10_000_000, server, &peers).unwrap();
+        assert!((b.as_secs_f64() - 800.0 / 30.0).abs() < 1e-9);
+        assert_eq!(p2p_lower_bound(1, Rate::from_bits_per_sec(0), &peers), None);
+    }
+
+    #[test]
+    fn no_downloaders_take_no_time() {
+        let u = Rate::from_mbit(20.0);
+        assert_eq!(client_server_time(0, 1000, u), Some(Duration::ZERO));
+        assert_eq!(
+            p2p_lower_bound(10_000_000, u, &[]),
+            Some(Duration::from_secs(4))
+        );
+    }
+}
