@@ -444,6 +444,11 @@ impl NfQueue {
         spec: DelaySpec,
         stop: &AtomicBool,
     ) -> Result<DelayerReport, DelayerError> {
+        // Wake-ups on time: the default 50 µs timer slack would add to every delay.
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        }
         let epoch = Instant::now();
         let mut line: DelayLine<u32> = DelayLine::new(spec);
         let mut report = DelayerReport::default();

@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::probe::{measure_path, PathMeasurement};
-use super::topology::{ImpairMethod, PathSpec, Topology, TopologySpec};
+use super::process;
+use super::topology::{router_address, ImpairMethod, PathSpec, Topology, TopologySpec};
 use super::units::Rate;
 use super::LabError;
 
@@ -145,10 +146,12 @@ impl SwarmReport {
 }
 
 /// Builds the star (one host per peer, uploads capped), measures the path
-/// between two peers, and runs the demo's peers there when it can.
+/// between two peers, then runs the demo inside the router namespace: its
+/// tracker listens on R's address on h0's link, and peer i runs in host
+/// namespace h<i> (`--peer-wrap`), bound to that host's address.
 pub fn run_swarm(spec: &SwarmSpec) -> Result<SwarmReport, LabError> {
-    if spec.peers < 2 {
-        return Err(LabError::Setup("a swarm needs at least 2 peers".into()));
+    if spec.peers < 2 || spec.peers > 255 {
+        return Err(LabError::Setup("a swarm needs 2 to 255 peers".into()));
     }
     let topo = Topology::build(&TopologySpec {
         host_names: TopologySpec::star(spec.peers),
@@ -159,27 +162,73 @@ pub fn run_swarm(spec: &SwarmSpec) -> Result<SwarmReport, LabError> {
         delayer_program: spec.delayer_program.clone(),
     })?;
     let measured_path = match (topo.host(0), topo.host(1)) {
-        (Some(a), Some(b)) => Some(measure_path(&a.ns, b.addr, 200, Duration::from_millis(2))?),
+        (Some(a), Some(b)) => Some(measure_path(&a.ns, b.addr, 200, Duration::from_millis(5))?),
         _ => None,
     };
-    let note = if spec.demo_bin.is_file() {
-        format!(
-            "{} exists, but it starts all its peers itself on loopback; it has no way yet to run one peer per host namespace, so no distribution time was measured",
-            spec.demo_bin.display()
-        )
-    } else {
-        format!(
-            "{} not found (the swarm demo is not built yet), so no distribution time was measured",
-            spec.demo_bin.display()
-        )
-    };
-    drop(topo);
-    Ok(SwarmReport {
+    let mut report = SwarmReport {
         spec: spec.clone(),
         measured_path,
         distribution_time: None,
-        note: Some(note),
-    })
+        note: None,
+    };
+    if !spec.demo_bin.is_file() {
+        report.note = Some(format!(
+            "{} not found (build it: cargo build --bin demo --bin tracker --bin peer), so no distribution time was measured",
+            spec.demo_bin.display()
+        ));
+        return Ok(report);
+    }
+    let bin_dir = spec
+        .demo_bin
+        .parent()
+        .map_or_else(|| ".".into(), |d| d.display().to_string());
+    let args = [
+        "--peers".to_string(),
+        spec.peers.to_string(),
+        "--size".into(),
+        spec.file_size.to_string(),
+        "--timeout".into(),
+        spec.timeout.as_secs().max(1).to_string(),
+        "--quiet".into(),
+        "--bin-dir".into(),
+        bin_dir,
+        "--tracker-addr".into(),
+        router_address(0).to_string(),
+        "--peer-wrap".into(),
+        format!("ip netns exec {}-h{{i}}", topo.prefix),
+        "--peer-addr".into(),
+        "10.77.{i}.1".into(),
+    ];
+    let demo = spec.demo_bin.to_string_lossy().into_owned();
+    let out = process::output(
+        topo.router.exec(&demo, &args),
+        spec.timeout + Duration::from_secs(60),
+    )?;
+    report.distribution_time = parse_distribution_time(&out.stdout);
+    if report.distribution_time.is_none() || !out.success() {
+        let why = out
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("error"))
+            .or_else(|| out.stdout.lines().last())
+            .unwrap_or("no output")
+            .trim()
+            .to_string();
+        report.note = Some(format!("the demo did not complete: {why}"));
+    }
+    log::debug!("demo said:\n{}", out.stdout);
+    Ok(report)
+}
+
+/// The demo's closing line: `all N copies identical; distribution took 4.21s (...)`.
+pub fn parse_distribution_time(stdout: &str) -> Option<Duration> {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("copies identical; distribution took "))?;
+    let rest = line.split("distribution took ").nth(1)?;
+    let secs: f64 = rest.split('s').next()?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -209,6 +258,23 @@ mod tests {
         let b = p2p_lower_bound(10_000_000, server, &peers).unwrap();
         assert!((b.as_secs_f64() - 800.0 / 30.0).abs() < 1e-9);
         assert_eq!(p2p_lower_bound(1, Rate::from_bits_per_sec(0), &peers), None);
+    }
+
+    #[test]
+    fn distribution_time_comes_from_the_demo_summary() {
+        let out = "peer5  4.10s  yes  10.77.0.1:7001:40\nall 5 copies identical; distribution took 4.21s (2.4 MB/s per client)\n";
+        assert_eq!(
+            parse_distribution_time(out),
+            Some(Duration::from_millis(4210))
+        );
+        assert_eq!(
+            parse_distribution_time("NOT every copy is verified\n"),
+            None
+        );
+        assert_eq!(
+            parse_distribution_time("all 5 copies identical; distribution took xs"),
+            None
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! an experiment fails or is interrupted), and `netlab cleanup` removes what a
 //! killed run left behind.
 //!
-//! Addresses are 10.77.<i+1>.1 for host i and 10.77.<i+1>.254 for the router's
+//! Addresses are 10.77.<i>.1 for host i and 10.77.<i>.254 for the router's
 //! side of that link; they exist only inside these namespaces.
 
 use std::net::Ipv4Addr;
@@ -126,6 +126,16 @@ impl TopologySpec {
     }
 }
 
+/// Host i's address.
+pub fn host_address(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, i as u8, 1)
+}
+
+/// The router's address on host i's link.
+pub fn router_address(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, i as u8, 254)
+}
+
 /// A host namespace and its address.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -138,6 +148,8 @@ pub struct Host {
 /// A live topology; dropping it tears everything down.
 pub struct Topology {
     pub router: Namespace,
+    /// Host namespaces are named `<prefix>-<host name>`.
+    pub prefix: String,
     pub hosts: Vec<Host>,
     /// The method actually used (Auto resolved).
     pub method: Option<ImpairMethod>,
@@ -209,15 +221,16 @@ impl Topology {
         let router = Namespace(format!("{prefix}-r"));
         let mut topo = Topology {
             router: router.clone(),
+            prefix: prefix.clone(),
             hosts: Vec::new(),
             method: None,
             namespaces: Vec::new(),
             delayer: None,
             delayer_report: None,
         };
-        if spec.host_names.is_empty() || spec.host_names.len() > 250 {
+        if spec.host_names.is_empty() || spec.host_names.len() > 255 {
             return Err(LabError::Setup(format!(
-                "{} hosts asked for; 1 to 250 are possible",
+                "{} hosts asked for; 1 to 255 are possible",
                 spec.host_names.len()
             )));
         }
@@ -227,9 +240,8 @@ impl Topology {
         for (i, name) in spec.host_names.iter().enumerate() {
             let ns = Namespace(format!("{prefix}-{name}"));
             topo.add_namespace(&ns)?;
-            let subnet = i as u8 + 1;
-            let addr = Ipv4Addr::new(10, 77, subnet, 1);
-            let gateway = Ipv4Addr::new(10, 77, subnet, 254);
+            let addr = host_address(i);
+            let gateway = router_address(i);
             let router_link = format!("to-{name}");
             if router_link.len() > 15 {
                 return Err(LabError::Setup(format!("host name {name:?} is too long")));

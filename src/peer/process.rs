@@ -527,9 +527,10 @@ impl PeerLoop {
         for (name, (m, view)) in &self.owned {
             let members = view.as_ref().map_or(0, |v| v.members.len());
             lines.push(format!(
-                "sharing: {name} ({} bytes, {} chunks, {members} members)",
+                "sharing: {name} ({} bytes, {} chunks, {})",
                 m.size,
-                m.chunk_count()
+                m.chunk_count(),
+                count(members, "member")
             ));
         }
         if self.joined.is_empty() {
@@ -537,9 +538,9 @@ impl PeerLoop {
         }
         for (name, g) in &self.joined {
             lines.push(format!(
-                "downloading: {name} from {} ({} members)",
+                "downloading: {name} from {} ({})",
                 g.owner,
-                g.members.len()
+                count(g.members.len(), "member")
             ));
         }
         for line in lines {
@@ -579,7 +580,7 @@ impl PeerLoop {
                 let mut lines = vec![if files.is_empty() {
                     "list: no shared files yet; share one with register-peer <filename>".to_string()
                 } else {
-                    format!("list: {} shared files", files.len())
+                    format!("list: {}", count(files.len(), "shared file"))
                 }];
                 let me = self.me.map(|p| p.id);
                 for f in files {
@@ -713,6 +714,15 @@ impl PeerLoop {
             (Some(Pending::List), _) => ("list".into(), "try again"),
         };
         self.error(format_args!("{what}: {message}; {hint}"));
+    }
+}
+
+/// "1 member", "2 members".
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 

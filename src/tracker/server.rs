@@ -380,7 +380,10 @@ impl Server {
             PeerMessage::JoinGroup { req, name } => {
                 let r = self.registry.join_group(peer, &name, &mut pushes);
                 if let Ok(g) = &r {
-                    info!("{peer} joined {name} ({} members)", g.members.len());
+                    info!(
+                        "{peer} joined {name} (member {} of the group)",
+                        g.members.len()
+                    );
                 }
                 (req, r.map(|group| TrackerMessage::Group { req, group }))
             }
