@@ -3,7 +3,7 @@
 //! asymmetric links; outage recovery; dead-peer detection; malformed input.
 
 use chunkswarm::rng::Rng;
-use chunkswarm::rudp::impair::ImpairConfig;
+use chunkswarm::rudp::impair::{GilbertElliott, ImpairConfig};
 use chunkswarm::rudp::sim::{LinkConfig, Sim};
 use chunkswarm::rudp::{CcKind, Config, Endpoint, Event};
 use std::collections::HashSet;
@@ -112,41 +112,182 @@ fn transfer(
     })
 }
 
-fn lossy(loss: f64) -> LinkConfig {
+fn link(loss: f64) -> LinkConfig {
+    link_with(ImpairConfig {
+        loss,
+        ..Default::default()
+    })
+}
+
+/// 100 Mbit/s, 10 ms one way, a 500 kB drop-tail queue, plus `impair`.
+fn link_with(impair: ImpairConfig) -> LinkConfig {
     LinkConfig {
         rate_bps: 100_000_000,
         delay: Duration::from_millis(10),
         queue_bytes: 500_000,
-        impair: ImpairConfig {
-            loss,
-            ..Default::default()
-        },
+        impair,
     }
 }
 
-#[test]
-fn clean_link_one_megabyte() {
-    let o = transfer(1, lossy(0.0), lossy(0.0), 1 << 20, 100 * 1024, CcKind::Bbr).unwrap();
-    assert_eq!(o.retransmitted, 0, "{o:?}");
-    assert_eq!(o.lost, 0, "{o:?}");
+fn bursty() -> LinkConfig {
+    // Mean loss about 4.8%, bursts of 4 datagrams on average.
+    link_with(ImpairConfig {
+        burst: Some(GilbertElliott {
+            p_good_bad: 0.01,
+            p_bad_good: 0.25,
+            loss_good: 0.001,
+            loss_bad: 1.0,
+        }),
+        ..Default::default()
+    })
 }
 
-#[test]
-fn ten_percent_loss_one_megabyte() {
-    for cc in CcKind::ALL {
-        let o = transfer(2, lossy(0.1), lossy(0.1), 1 << 20, 100 * 1024, cc).unwrap();
-        assert!(o.retransmitted > 0, "{o:?}");
-    }
+/// Each condition: (name, A→B link, B→A link).
+fn conditions() -> Vec<(&'static str, LinkConfig, LinkConfig)> {
+    let dup = link_with(ImpairConfig {
+        duplicate: 0.05,
+        ..Default::default()
+    });
+    let reorder = link_with(ImpairConfig {
+        reorder: 0.3,
+        jitter: Duration::from_millis(8),
+        ..Default::default()
+    });
+    let corrupt = link_with(ImpairConfig {
+        corrupt: 0.01,
+        ..Default::default()
+    });
+    // Asymmetric: 100 Mbit/s down with 2% loss, 2 Mbit/s up with a longer delay.
+    let down = link(0.02);
+    let up = LinkConfig {
+        rate_bps: 2_000_000,
+        delay: Duration::from_millis(40),
+        queue_bytes: 20_000,
+        impair: ImpairConfig::default(),
+    };
+    vec![
+        ("loss 0%", link(0.0), link(0.0)),
+        ("loss 1%", link(0.01), link(0.01)),
+        ("loss 5%", link(0.05), link(0.05)),
+        ("loss 10%", link(0.10), link(0.10)),
+        ("loss 30%", link(0.30), link(0.30)),
+        ("bursty", bursty(), bursty()),
+        ("duplicate 5%", dup.clone(), dup),
+        ("reorder", reorder.clone(), reorder),
+        ("corrupt 1%", corrupt.clone(), corrupt),
+        ("asymmetric", down, up),
+    ]
 }
 
-#[test]
-#[ignore]
-fn scratch_print() {
-    for loss in [0.0, 0.01, 0.05, 0.1, 0.3] {
-        for cc in CcKind::ALL {
-            let t = std::time::Instant::now();
-            let o = transfer(3, lossy(loss), lossy(loss), 10 << 20, 100 * 1024, cc);
-            println!("loss {loss} {cc}: {o:?} wall {:?}", t.elapsed());
+const SEEDS: u64 = 50;
+/// Per-seed transfer of the sweeps (kept small so 500 runs take seconds);
+/// each condition also gets one full 10 MB run below.
+const SWEEP_BYTES: usize = 256 * 1024;
+
+fn sweep(cond: usize, cc: CcKind) {
+    let (name, ab, ba) = conditions().swap_remove(cond);
+    for seed in 0..SEEDS {
+        if let Err(e) = transfer(seed, ab.clone(), ba.clone(), SWEEP_BYTES, 20_000, cc) {
+            panic!("{name}, {cc}, seed {seed}: {e}");
         }
     }
+    let seed = 1000 + cond as u64;
+    if let Err(e) = transfer(seed, ab, ba, 10_000_000, 100 * 1024, cc) {
+        panic!("{name}, {cc}, 10 MB, seed {seed}: {e}");
+    }
+}
+
+#[test]
+fn sweep_loss_0() {
+    sweep(0, CcKind::Bbr);
+}
+#[test]
+fn sweep_loss_1() {
+    sweep(1, CcKind::Bbr);
+}
+#[test]
+fn sweep_loss_5() {
+    sweep(2, CcKind::Bbr);
+}
+#[test]
+fn sweep_loss_10() {
+    sweep(3, CcKind::Bbr);
+}
+#[test]
+fn sweep_loss_30() {
+    sweep(4, CcKind::Bbr);
+}
+#[test]
+fn sweep_bursty() {
+    sweep(5, CcKind::Bbr);
+}
+#[test]
+fn sweep_duplicate() {
+    sweep(6, CcKind::Bbr);
+}
+#[test]
+fn sweep_reorder() {
+    sweep(7, CcKind::Bbr);
+}
+#[test]
+fn sweep_corrupt() {
+    sweep(8, CcKind::Bbr);
+}
+#[test]
+fn sweep_asymmetric() {
+    sweep(9, CcKind::Bbr);
+}
+
+#[test]
+fn newreno_delivers_under_loss_too() {
+    for seed in 0..10 {
+        transfer(
+            seed,
+            link(0.05),
+            link(0.05),
+            SWEEP_BYTES,
+            20_000,
+            CcKind::NewReno,
+        )
+        .unwrap();
+        transfer(
+            seed,
+            bursty(),
+            bursty(),
+            SWEEP_BYTES,
+            20_000,
+            CcKind::NewReno,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn clean_link_needs_no_retransmission() {
+    let o = transfer(1, link(0.0), link(0.0), 1 << 20, 100 * 1024, CcKind::Bbr).unwrap();
+    assert_eq!((o.retransmitted, o.lost), (0, 0), "{o:?}");
+}
+
+// ----- regression seeds (each failed once; the fix is named) -----
+
+/// The INITIAL with a cookie was lost and the retry came after the cookie
+/// expired: the responder dropped it silently. Fix: answer a stale cookie with a fresh RETRY.
+#[test]
+fn regression_loss10_seed25_expired_cookie() {
+    transfer(25, link(0.10), link(0.10), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
+}
+
+/// The responder's ACCEPT was lost and its PTO probes carried only PINGs,
+/// so the initiator never learned the responder's CID. Fix: probes repeat
+/// the control frames of the packets they probe.
+#[test]
+fn regression_loss30_seed1_accept_not_in_probe() {
+    transfer(1, link(0.30), link(0.30), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
+}
+
+/// INITIAL backoff doubled without bound, so 30% loss each way ran out the
+/// idle timer after five attempts. Fix: cap the backoff, restart it on RETRY.
+#[test]
+fn regression_loss30_seed22_handshake_backoff() {
+    transfer(22, link(0.30), link(0.30), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
 }

@@ -20,20 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A MemoryStore the test can inspect while the swarm owns it.
-#[derive(Clone)]
-struct SharedStore(Arc<Mutex<MemoryStore>>);
-
-impl ChunkStore for SharedStore {
-    fn read_chunk(&mut self, index: ChunkIndex) -> Result<Vec<u8>, StorageError> {
-        self.0.lock().unwrap().read_chunk(index)
-    }
-    fn write_chunk(&mut self, index: ChunkIndex, data: &[u8]) -> Result<(), StorageError> {
-        self.0.lock().unwrap().write_chunk(index, data)
-    }
-    fn finish(&mut self) -> Result<PathBuf, StorageError> {
-        self.0.lock().unwrap().finish()
-    }
-}
+type SharedStore = Arc<Mutex<MemoryStore>>;
 
 enum Ev {
     Deliver {
@@ -172,10 +159,10 @@ impl Sim {
 
     /// Peer 0 owns the file.
     fn start_owner(&mut self) {
-        let store = SharedStore(Arc::new(Mutex::new(MemoryStore::with_file(
+        let store = Arc::new(Mutex::new(MemoryStore::with_file(
             &self.manifest,
             &self.data,
-        ))));
+        )));
         let full = ChunkBitmap::full(self.manifest.chunk_count());
         let swarm = Swarm::new(
             self.now,
@@ -194,7 +181,7 @@ impl Sim {
 
     /// Peer `i` registers for the group with an empty memory store.
     fn join(&mut self, i: usize, config: SwarmConfig) {
-        let store = SharedStore(Arc::new(Mutex::new(MemoryStore::empty(&self.manifest))));
+        let store = Arc::new(Mutex::new(MemoryStore::empty(&self.manifest)));
         let empty = ChunkBitmap::empty(self.manifest.chunk_count());
         self.join_with(i, Box::new(store.clone()), empty, config);
         self.peers[i].memory = Some(store);
@@ -517,7 +504,7 @@ impl Sim {
             let Some(s) = p.swarm.as_ref() else { continue };
             assert!(s.is_complete(), "peer {i} incomplete");
             if let Some(m) = &p.memory {
-                let got = m.0.lock().unwrap().assembled().expect("all chunks");
+                let got = m.lock().unwrap().assembled().expect("all chunks");
                 assert_eq!(sha256(&got), self.manifest.file_hash, "peer {i}");
                 assert!(got == self.data, "peer {i} holds different bytes");
             }
@@ -614,6 +601,8 @@ fn six_peers_complete_and_verify() {
         assert_eq!(s.stats().bad_chunks, 0);
     }
     // The owner sent each chunk about once: the members did the rest.
+    let owner = sim.peers[0].swarm.as_ref().unwrap();
+    assert_eq!(owner.stats().pushed_chunks, n as u64);
     let up = owner_uploads(&sim);
     assert!(
         up >= n && up <= n + n / 4,

@@ -3,6 +3,7 @@
 
 // Pure swarm logic (the swarm work).
 pub mod bitmap;
+pub mod node;
 pub mod overlay;
 pub mod picker;
 pub mod storage;

@@ -151,6 +151,28 @@ impl ChunkStore for MemoryStore {
     }
 }
 
+/// A memory store shared with whoever created it (simulations inspect what
+/// a swarm assembled while the swarm owns the store).
+impl ChunkStore for std::sync::Arc<std::sync::Mutex<MemoryStore>> {
+    fn read_chunk(&mut self, index: ChunkIndex) -> Result<Vec<u8>, StorageError> {
+        self.lock()
+            .map_err(|_| StorageError::OutOfRange(index))?
+            .read_chunk(index)
+    }
+
+    fn write_chunk(&mut self, index: ChunkIndex, data: &[u8]) -> Result<(), StorageError> {
+        self.lock()
+            .map_err(|_| StorageError::OutOfRange(index))?
+            .write_chunk(index, data)
+    }
+
+    fn finish(&mut self) -> Result<PathBuf, StorageError> {
+        self.lock()
+            .map_err(|_| StorageError::FileHashMismatch)?
+            .finish()
+    }
+}
+
 const SIDECAR_MAGIC: &[u8; 8] = b"CSPART01";
 const SIDECAR_HEADER: u64 = 8 + 32;
 

@@ -140,6 +140,8 @@ pub struct SwarmStats {
     pub protocol_errors: u64,
     pub requests_timed_out: u64,
     pub owner_requests: u64,
+    /// Owner: chunks pushed by `start_upload` (each to one member).
+    pub pushed_chunks: u64,
 }
 
 #[derive(Debug)]
@@ -297,6 +299,11 @@ impl Swarm {
 
     pub fn is_neighbour(&self, peer: SocketAddr) -> bool {
         self.neighbours.contains_key(&peer)
+    }
+
+    /// True when `peer` is this file's owner or a member of its group.
+    pub fn knows(&self, peer: SocketAddr) -> bool {
+        self.owner == Some(peer) || self.members.contains(&peer)
     }
 
     /// Peers this swarm wants connected (owner and overlay neighbours).
@@ -530,6 +537,7 @@ impl Swarm {
                 loop {
                     let i = q.pop_front()?;
                     if !n.has(i) && !n.served.get(i) {
+                        self.stats.pushed_chunks += 1;
                         break i;
                     }
                 }

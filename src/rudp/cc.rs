@@ -182,9 +182,9 @@ pub struct Bbr {
     /// Loss accounting for the current round.
     round_lost: u64,
     round_acked: u64,
-    round_max_rtt: Duration,
+    round_min_rtt: Duration,
     round_max_inflight: u64,
-    /// Long-run loss rate of uncongested rounds (EWMA, ×1e6 fixed point).
+    /// Long-run loss rate per round (EWMA with gain 1/8).
     loss_ewma: f64,
     cwnd: u64,
 }
@@ -203,7 +203,7 @@ impl Bbr {
     pub const LOSS_THRESH: f64 = 0.02;
     /// BBRv2 BBR.Beta: multiplicative cut of inflight_hi on a congested round.
     pub const BETA: f64 = 0.7;
-    /// A round whose largest RTT exceeds min_rtt by this factor has a standing queue.
+    /// A round whose smallest RTT exceeds min_rtt by this factor has a standing queue.
     pub const QUEUE_RTT_FACTOR: f64 = 1.5;
     /// Rounds with fewer packets than this say nothing about loss rate.
     const MIN_ROUND_PACKETS: u64 = 16;
@@ -228,7 +228,7 @@ impl Bbr {
             inflight_hi_growth_rounds: 0,
             round_lost: 0,
             round_acked: 0,
-            round_max_rtt: Duration::ZERO,
+            round_min_rtt: Duration::MAX,
             round_max_inflight: 0,
             loss_ewma: 0.0,
             cwnd: initial_window(mss),
@@ -267,9 +267,11 @@ impl Bbr {
         if packets >= Self::MIN_ROUND_PACKETS {
             let rate = self.round_lost as f64 / total as f64;
             let min_rtt = self.min_rtt.unwrap_or(rtt.min()).as_secs_f64();
-            let queued = self.round_max_rtt.as_secs_f64() > min_rtt * Self::QUEUE_RTT_FACTOR;
-            let excess = rate > 2.0 * self.loss_ewma + Self::LOSS_THRESH;
-            if rate > Self::LOSS_THRESH && (queued || excess) {
+            // Even the round's smallest RTT sample well above min_rtt: a
+            // standing queue (a single delayed ACK cannot fake this).
+            let queued = self.round_min_rtt.as_secs_f64() > min_rtt * Self::QUEUE_RTT_FACTOR;
+            self.loss_ewma = 0.875 * self.loss_ewma + 0.125 * rate;
+            if rate > Self::LOSS_THRESH && queued {
                 // Congested round: back inflight_hi off from what was in flight.
                 let base = self.round_max_inflight.min(self.inflight_hi);
                 self.inflight_hi = ((base as f64 * Self::BETA) as u64).max(4 * self.mss);
@@ -278,7 +280,6 @@ impl Bbr {
                     self.state = BbrState::Drain;
                 }
             } else {
-                self.loss_ewma = 0.875 * self.loss_ewma + 0.125 * rate;
                 if self.inflight_hi != u64::MAX {
                     // Probe the bound back up, faster the longer it holds (BBRv2 ProbeBW_UP).
                     self.inflight_hi_growth_rounds = (self.inflight_hi_growth_rounds + 1).min(20);
@@ -289,7 +290,7 @@ impl Bbr {
         }
         self.round_lost = 0;
         self.round_acked = 0;
-        self.round_max_rtt = Duration::ZERO;
+        self.round_min_rtt = Duration::MAX;
         self.round_max_inflight = 0;
     }
 
@@ -314,7 +315,7 @@ impl Controller for Bbr {
     fn on_ack(&mut self, ev: &AckEvent, rtt: &RttEstimator) {
         let now = ev.now;
         self.round_acked += ev.bytes_acked;
-        self.round_max_rtt = self.round_max_rtt.max(rtt.latest());
+        self.round_min_rtt = self.round_min_rtt.min(rtt.latest());
         self.round_max_inflight = self.round_max_inflight.max(ev.in_flight + ev.bytes_acked);
         // min_rtt filter.
         let sample = rtt.latest();

@@ -56,6 +56,12 @@ pub const INITIAL_CREDIT: u64 = 64 * 1024;
 pub const PERSISTENT_CONGESTION_THRESHOLD: u32 = 3;
 /// PTO probes sent per timeout (RFC 9002 §6.2.4 allows up to two).
 const PROBES_PER_PTO: u32 = 2;
+/// Largest ACK frame piggybacked on a data packet.
+const MAX_PIGGYBACK_ACK: usize = 256;
+/// Room kept for MAX_DATA, ACCEPT and CLOSE frames when sizing a piggybacked ACK.
+const CONTROL_RESERVE: usize = packet::MAX_DATA_LEN + packet::ACCEPT_LEN + packet::CLOSE_LEN;
+/// INITIAL resends back off up to 2^this × PTO.
+const MAX_HANDSHAKE_BACKOFF_EXP: u32 = 2;
 /// Handshake retries answered by RETRY before giving up.
 const MAX_RETRIES: u32 = 3;
 
@@ -409,8 +415,12 @@ impl Connection {
 
     pub fn close(&mut self, now: Instant) {
         match self.state {
-            State::Handshaking if self.remote_cid.is_none() => {
+            State::Handshaking if self.remote_cid.is_none() && self.out_msgs.is_empty() => {
                 self.close_with(ConnectionError::LocallyClosed)
+            }
+            State::Handshaking if self.remote_cid.is_none() => {
+                // Deliver what is queued once connected, then close.
+                self.close_requested = true;
             }
             State::Handshaking | State::Established => {
                 self.close_requested = true;
@@ -443,7 +453,9 @@ impl Connection {
             self.max_payload.min(packet::MIN_INITIAL_SIZE),
         );
         self.initial_pending = false;
-        let backoff = self.rtt.pto_base() * (1u32 << self.handshake_attempts.min(16));
+        // Backoff doubles up to 4 × PTO; the idle timer bounds the whole handshake.
+        let backoff =
+            self.rtt.pto_base() * (1u32 << self.handshake_attempts.min(MAX_HANDSHAKE_BACKOFF_EXP));
         self.handshake_attempts += 1;
         self.timers.set(Timer::Handshake, now + backoff);
         self.stats.packets_sent += 1;
@@ -457,12 +469,13 @@ impl Connection {
             return;
         }
         self.retries += 1;
-        if self.retries > MAX_RETRIES {
+        if self.retries > MAX_RETRIES.max(self.config.max_ptos) {
             self.close_with(ConnectionError::HandshakeFailed("too many retries"));
             return;
         }
         self.cookie = cookie.to_vec();
         self.initial_pending = true;
+        self.handshake_attempts = 0; // the path works: restart the backoff
     }
 
     /// The responder saw this initiator's INITIAL again (its ACCEPT was lost
@@ -943,20 +956,26 @@ impl Connection {
             return;
         }
         if self.timers.expire(Timer::Idle, now) {
-            self.close_with(ConnectionError::IdleTimeout);
+            let err = if self.state == State::Handshaking {
+                ConnectionError::HandshakeFailed("no answer from the peer")
+            } else {
+                ConnectionError::IdleTimeout
+            };
+            self.close_with(err);
             return;
         }
         if self.timers.expire(Timer::Handshake, now) {
-            if self.handshake_attempts >= self.config.max_ptos.max(1) {
-                self.close_with(ConnectionError::HandshakeFailed("no answer from the peer"));
-                return;
-            }
             self.initial_pending = true;
         }
         if self.timers.expire(Timer::Ack, now) {
             self.ack_now = true;
         }
-        if self.timers.expire(Timer::KeepAlive, now) && self.state == State::Established {
+        // A keepalive only when nothing is in flight: otherwise the PTO is
+        // already probing, and a PING would push its deadline back.
+        if self.timers.expire(Timer::KeepAlive, now)
+            && self.state == State::Established
+            && self.in_flight == 0
+        {
             self.ping_pending = true;
         }
         if self.timers.expire(Timer::LossDetection, now) {
@@ -994,6 +1013,10 @@ impl Connection {
             for f in p.frags.as_slice() {
                 self.retransmit.push_front(*f);
             }
+            // Control frames of the probed packets go out again too.
+            self.accept_pending |= p.has_accept && !self.accept_acked;
+            self.close_pending |= p.has_close;
+            self.max_data_pending |= p.has_max_data;
             queued += 1;
             if queued >= PROBES_PER_PTO {
                 break;
@@ -1120,8 +1143,12 @@ impl Connection {
         packet::start_packet(buf, PacketType::Data, dcid, pn);
         let limit = self.max_payload - packet::CRC_LEN;
         if self.unacked_any || self.ack_now {
-            // Piggyback an ACK, leaving most of the datagram for data.
-            let space = (limit - buf.len()).min(256);
+            // Piggyback an ACK, but never so large that the first queued
+            // retransmission no longer fits whole (it would be split in two).
+            let reserve = CONTROL_RESERVE + self.first_retransmit_size();
+            let space = (limit - buf.len())
+                .saturating_sub(reserve)
+                .min(MAX_PIGGYBACK_ACK);
             self.write_ack_frame(now, buf, space);
         }
         let mut has_max_data = false;
@@ -1259,6 +1286,17 @@ impl Connection {
             retransmitted,
         );
         buf.len()
+    }
+
+    /// Encoded size of the STREAM frame for the first queued retransmission.
+    fn first_retransmit_size(&self) -> usize {
+        let Some(f) = self.retransmit.front() else {
+            return 0;
+        };
+        let Some(m) = self.out_message(f.msg) else {
+            return 0;
+        };
+        StreamFrame::encoded_len(m.msg_id, m.conn_offset, m.len(), f.offset, f.len as usize)
     }
 
     fn out_message(&self, msg: u64) -> Option<&OutMessage> {

@@ -337,17 +337,17 @@ impl Endpoint {
                 return;
             }
         }
-        if init.cookie.is_empty() {
+        if !self.cookie_valid(now, remote, init.src_cid, init.cookie) {
+            if !init.cookie.is_empty() {
+                // Expired or forged: answer with a fresh cookie (still stateless).
+                self.counters.bad_cookie += 1;
+            }
             if self.stateless.len() >= MAX_STATELESS_QUEUE {
                 self.counters.refused += 1;
                 return;
             }
             let cookie = self.make_cookie(now, remote, init.src_cid);
             self.stateless.push_back((remote, init.src_cid, cookie));
-            return;
-        }
-        if !self.cookie_valid(now, remote, init.src_cid, init.cookie) {
-            self.counters.bad_cookie += 1;
             return;
         }
         let cid = self.new_cid();

@@ -1,0 +1,449 @@
+//! A peer's swarms glued to its rudp [`Endpoint`], sans-IO.
+//!
+//! The [`Node`] keeps one [`Swarm`] per file and one rudp connection per
+//! remote peer, shared by every swarm (messages name their file). It maps
+//! `SocketAddr` to `ConnectionHandle`, encodes and decodes
+//! [`crate::wire::swarm`] messages, turns swarm actions into endpoint calls,
+//! and pulls chunks from the swarms only while a connection's
+//! [`Endpoint::send_backlog`] is under [`NodeConfig::send_backlog_limit`]
+//! (backpressure: memory stays bounded whatever the file size).
+//!
+//! The Node does not own the endpoint, so the same code runs under the real
+//! driver and under `rudp::sim`. A driver does, for every input:
+//! ```text
+//! endpoint.handle_datagram(now, from, bytes);  node.process(now, &mut endpoint);
+//! // at min(endpoint.poll_timeout(), node.poll_timeout()):
+//! endpoint.handle_timeout(now);                node.handle_timeout(now, &mut endpoint);
+//! // console / tracker commands:
+//! node.add_swarm(swarm); node.on_group(now, &mut endpoint, file, owner, members);
+//! node.start_upload(now, &mut endpoint, file)?;
+//! // then send what the endpoint has: while let Some(t) = endpoint.poll_transmit(now, &mut buf) { .. }
+//! // and print: while let Some(ev) = node.poll_event() { .. }
+//! ```
+
+use super::swarm::{Action, DownReason, Swarm, SwarmError};
+use crate::manifest::{ChunkIndex, Digest32};
+use crate::rudp::{ConnectionError, ConnectionHandle, Endpoint, Event};
+use crate::wire::swarm::Message;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Another chunk is handed to a connection only while its unacknowledged
+    /// bytes are below this. It must cover the path's bandwidth-delay product
+    /// (1 MiB: 100 Mbit/s x 80 ms), and bounds the memory a connection holds.
+    pub send_backlog_limit: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            send_backlog_limit: 1 << 20,
+        }
+    }
+}
+
+/// What the peer process shows or logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// `chunk 17/31 from 10.0.0.3:7001` (print index + 1 of chunk_count).
+    ChunkReceived {
+        file: Digest32,
+        index: ChunkIndex,
+        chunk_count: u32,
+        from: SocketAddr,
+    },
+    BadChunk {
+        file: Digest32,
+        index: ChunkIndex,
+        from: SocketAddr,
+    },
+    PeerBanned {
+        file: Digest32,
+        peer: SocketAddr,
+    },
+    /// Whole file verified and in place; `Node::swarm(file).stats()` has the
+    /// per-source counts for the summary.
+    Complete {
+        file: Digest32,
+        path: PathBuf,
+    },
+    StorageFailed {
+        file: Digest32,
+        reason: String,
+    },
+    NeighbourUp {
+        peer: SocketAddr,
+    },
+    NeighbourDown {
+        peer: SocketAddr,
+        why: ConnectionError,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeError {
+    UnknownFile,
+    Swarm(SwarmError),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::UnknownFile => write!(f, "no swarm for that file"),
+            NodeError::Swarm(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// Messages the Node threw away.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    pub undecodable: u64,
+    pub unknown_file: u64,
+    pub send_errors: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Handle {
+    remote: SocketAddr,
+    up: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Node {
+    config: NodeConfig,
+    swarms: BTreeMap<Digest32, Swarm>,
+    /// The connection used to send to each peer (opening or up).
+    primary: BTreeMap<SocketAddr, ConnectionHandle>,
+    /// Every connection we know of (two may join the same pair of peers
+    /// when both opened at once; both deliver, one sends).
+    handles: BTreeMap<ConnectionHandle, Handle>,
+    events: VecDeque<NodeEvent>,
+    counters: NodeCounters,
+    /// Rotates which swarm uploads first on a connection.
+    turn: usize,
+}
+
+impl Node {
+    pub fn new(config: NodeConfig) -> Node {
+        Node {
+            config,
+            ..Node::default()
+        }
+    }
+
+    /// Adds (or replaces) the swarm of a file.
+    pub fn add_swarm(&mut self, swarm: Swarm) {
+        self.swarms.insert(*swarm.file_hash(), swarm);
+    }
+
+    /// Stops taking part in a file's swarm; connections only it used close.
+    pub fn remove_swarm(&mut self, now: Instant, ep: &mut Endpoint, file: &Digest32) {
+        let Some(swarm) = self.swarms.remove(file) else {
+            return;
+        };
+        for peer in swarm.neighbours() {
+            self.close_if_unused(now, ep, peer);
+        }
+    }
+
+    pub fn swarm(&self, file: &Digest32) -> Option<&Swarm> {
+        self.swarms.get(file)
+    }
+
+    pub fn swarms(&self) -> impl Iterator<Item = &Swarm> {
+        self.swarms.values()
+    }
+
+    pub fn counters(&self) -> &NodeCounters {
+        &self.counters
+    }
+
+    /// Peers with an open connection.
+    pub fn connected(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.primary
+            .iter()
+            .filter(|(_, h)| self.handles.get(h).is_some_and(|x| x.up))
+            .map(|(&a, _)| a)
+    }
+
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// Earliest swarm deadline (the endpoint has its own `poll_timeout`).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.swarms.values().filter_map(|s| s.poll_timeout()).min()
+    }
+
+    /// The tracker's view of a file's group changed.
+    pub fn on_group(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        file: &Digest32,
+        owner: Option<SocketAddr>,
+        members: &[SocketAddr],
+    ) -> Result<(), NodeError> {
+        let swarm = self.swarms.get_mut(file).ok_or(NodeError::UnknownFile)?;
+        swarm.on_group(now, owner, members);
+        self.process(now, ep);
+        Ok(())
+    }
+
+    /// The owner's `upload` command.
+    pub fn start_upload(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        file: &Digest32,
+    ) -> Result<(), NodeError> {
+        let swarm = self.swarms.get_mut(file).ok_or(NodeError::UnknownFile)?;
+        swarm.start_upload(now).map_err(NodeError::Swarm)?;
+        self.process(now, ep);
+        Ok(())
+    }
+
+    /// Call after the endpoint's `poll_timeout()` or the node's has passed
+    /// (after `ep.handle_timeout(now)`).
+    pub fn handle_timeout(&mut self, now: Instant, ep: &mut Endpoint) {
+        for s in self.swarms.values_mut() {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+        }
+        self.process(now, ep);
+    }
+
+    /// Takes in everything the endpoint reported and everything the swarms
+    /// asked for, and hands chunks to connections with room, until quiet.
+    /// Call after every `ep.handle_datagram` / `ep.handle_timeout`.
+    pub fn process(&mut self, now: Instant, ep: &mut Endpoint) {
+        loop {
+            let mut busy = false;
+            while let Some((h, ev)) = ep.poll_event() {
+                busy = true;
+                self.on_endpoint_event(now, ep, h, ev);
+            }
+            let mut actions = Vec::new();
+            for (file, s) in self.swarms.iter_mut() {
+                while let Some(a) = s.poll_action() {
+                    actions.push((*file, a));
+                }
+            }
+            busy |= !actions.is_empty();
+            for (file, a) in actions {
+                self.apply(now, ep, file, a);
+            }
+            busy |= self.pump_uploads(ep);
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    fn on_endpoint_event(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        h: ConnectionHandle,
+        ev: Event,
+    ) {
+        match ev {
+            Event::Connected => {
+                let Some(remote) = ep.remote_address(h) else {
+                    return;
+                };
+                let entry = self
+                    .handles
+                    .entry(h)
+                    .or_insert(Handle { remote, up: false });
+                entry.up = true;
+                if let Some(&p) = self.primary.get(&remote) {
+                    if p != h && self.handles.get(&p).is_some_and(|x| x.up) {
+                        return; // a second connection to the same peer: receive only
+                    }
+                }
+                self.primary.insert(remote, h);
+                self.events
+                    .push_back(NodeEvent::NeighbourUp { peer: remote });
+                for s in self.swarms.values_mut() {
+                    if s.knows(remote) || s.wanted().any(|w| w == remote) {
+                        s.on_neighbour_up(now, remote);
+                    }
+                }
+            }
+            Event::Message(bytes) => {
+                let Some(remote) = self.handles.get(&h).map(|x| x.remote) else {
+                    return;
+                };
+                match Message::decode(&bytes) {
+                    Err(_) => self.counters.undecodable += 1,
+                    Ok(msg) => match self.swarms.get_mut(&msg.file) {
+                        Some(s) => s.on_message(now, remote, msg),
+                        None => self.counters.unknown_file += 1,
+                    },
+                }
+            }
+            Event::Closed(why) => {
+                let Some(gone) = self.handles.remove(&h) else {
+                    return;
+                };
+                if self.primary.get(&gone.remote) != Some(&h) {
+                    return;
+                }
+                // Promote another connection to the same peer, if any.
+                let other = self
+                    .handles
+                    .iter()
+                    .find(|(_, x)| x.remote == gone.remote)
+                    .map(|(&oh, x)| (oh, x.up));
+                if let Some((oh, up)) = other {
+                    self.primary.insert(gone.remote, oh);
+                    if up || !gone.up {
+                        return; // still connected, or still opening
+                    }
+                }
+                if other.is_none() {
+                    self.primary.remove(&gone.remote);
+                }
+                let reason = match why {
+                    ConnectionError::LocallyClosed | ConnectionError::PeerClosed => {
+                        DownReason::Closed
+                    }
+                    _ => DownReason::Failed,
+                };
+                self.events.push_back(NodeEvent::NeighbourDown {
+                    peer: gone.remote,
+                    why,
+                });
+                for s in self.swarms.values_mut() {
+                    s.on_neighbour_down(now, gone.remote, reason);
+                }
+            }
+        }
+    }
+
+    fn up_handle(&self, peer: SocketAddr) -> Option<ConnectionHandle> {
+        let h = *self.primary.get(&peer)?;
+        self.handles.get(&h).filter(|x| x.up).map(|_| h)
+    }
+
+    fn apply(&mut self, now: Instant, ep: &mut Endpoint, file: Digest32, action: Action) {
+        match action {
+            Action::Connect(peer) => {
+                if self.up_handle(peer).is_some() {
+                    if let Some(s) = self.swarms.get_mut(&file) {
+                        s.on_neighbour_up(now, peer);
+                    }
+                } else if !self.primary.contains_key(&peer) {
+                    let h = ep.connect(now, peer);
+                    self.primary.insert(peer, h);
+                    self.handles.insert(
+                        h,
+                        Handle {
+                            remote: peer,
+                            up: false,
+                        },
+                    );
+                }
+            }
+            Action::Disconnect(peer) => self.close_if_unused(now, ep, peer),
+            Action::Send {
+                to,
+                message,
+                ordered,
+            } => self.send(ep, to, &message, ordered),
+            Action::ChunkReceived { index, from } => {
+                let chunk_count = self
+                    .swarms
+                    .get(&file)
+                    .map_or(0, |s| s.manifest().chunk_count());
+                self.events.push_back(NodeEvent::ChunkReceived {
+                    file,
+                    index,
+                    chunk_count,
+                    from,
+                });
+            }
+            Action::BadChunk { index, from } => {
+                self.events
+                    .push_back(NodeEvent::BadChunk { file, index, from })
+            }
+            Action::PeerBanned(peer) => self.events.push_back(NodeEvent::PeerBanned { file, peer }),
+            Action::Complete { path } => self.events.push_back(NodeEvent::Complete { file, path }),
+            Action::StorageFailed(reason) => self
+                .events
+                .push_back(NodeEvent::StorageFailed { file, reason }),
+        }
+    }
+
+    fn send(&mut self, ep: &mut Endpoint, to: SocketAddr, message: &Message, ordered: bool) {
+        let Some(h) = self.up_handle(to) else {
+            return; // the swarm hears of the closed connection
+        };
+        if ep.send(h, message.encode(), ordered).is_err() {
+            self.counters.send_errors += 1;
+        }
+    }
+
+    /// Closes the connections to `peer` unless a swarm still uses it.
+    fn close_if_unused(&mut self, now: Instant, ep: &mut Endpoint, peer: SocketAddr) {
+        if self.swarms.values().any(|s| s.is_neighbour(peer)) {
+            return;
+        }
+        self.primary.remove(&peer);
+        let hs: Vec<ConnectionHandle> = self
+            .handles
+            .iter()
+            .filter(|(_, x)| x.remote == peer)
+            .map(|(&h, _)| h)
+            .collect();
+        for h in hs {
+            self.handles.remove(&h);
+            ep.close(now, h);
+        }
+    }
+
+    /// Hands chunks to every connection with room; true if it sent any.
+    fn pump_uploads(&mut self, ep: &mut Endpoint) -> bool {
+        let mut sent = false;
+        let peers: Vec<(SocketAddr, ConnectionHandle)> = self
+            .primary
+            .iter()
+            .filter(|(_, h)| self.handles.get(h).is_some_and(|x| x.up))
+            .map(|(&a, &h)| (a, h))
+            .collect();
+        let n = self.swarms.len();
+        if n == 0 {
+            return false;
+        }
+        for (peer, h) in peers {
+            let mut idle = 0;
+            while idle < n && ep.send_backlog(h) < self.config.send_backlog_limit {
+                self.turn = (self.turn + 1) % n;
+                let Some(s) = self.swarms.values_mut().nth(self.turn) else {
+                    break;
+                };
+                match s.poll_upload(peer) {
+                    Some(msg) => {
+                        idle = 0;
+                        sent = true;
+                        if ep.send(h, msg.encode(), false).is_err() {
+                            self.counters.send_errors += 1;
+                        }
+                    }
+                    None => idle += 1,
+                }
+            }
+        }
+        sent
+    }
+}

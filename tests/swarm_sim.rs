@@ -1,0 +1,259 @@
+//! Whole peers (`peer::node::Node`: swarms + rudp endpoint) over rudp's
+//! simulated network in virtual time, with seeded loss: every copy complete
+//! and verified, and the same seed gives the same run.
+
+use chunkswarm::manifest::{sha256, Manifest};
+use chunkswarm::peer::bitmap::ChunkBitmap;
+use chunkswarm::peer::node::{Node, NodeConfig, NodeEvent};
+use chunkswarm::peer::storage::MemoryStore;
+use chunkswarm::peer::swarm::{Swarm, SwarmConfig, SwarmStats};
+use chunkswarm::rng::Rng;
+use chunkswarm::rudp::impair::ImpairConfig;
+use chunkswarm::rudp::sim::{LinkConfig, Sim};
+use chunkswarm::rudp::{Config, Endpoint};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250 + 1) as u8], 7001))
+}
+
+struct World {
+    sim: Sim,
+    nodes: BTreeMap<SocketAddr, Node>,
+    stores: BTreeMap<SocketAddr, Arc<Mutex<MemoryStore>>>,
+    manifest: Manifest,
+    data: Vec<u8>,
+    /// (virtual time, receiver, chunk, sender): the run's fingerprint.
+    trace: Vec<(Duration, SocketAddr, u32, SocketAddr)>,
+    complete: BTreeMap<SocketAddr, Duration>,
+}
+
+impl World {
+    /// Peer 0 owns a file of `size` random bytes; peers 1.. are members. Every
+    /// directed link: 100 Mbit/s, 5 ms, 256 KiB queue, `loss` uniform loss.
+    fn new(seed: u64, peers: usize, size: usize, loss: f64) -> World {
+        let mut rng = Rng::new(seed);
+        let mut data = vec![0u8; size];
+        rng.fill(&mut data);
+        let manifest = Manifest::of_bytes("video.mp4", &data);
+        let mut sim = Sim::new(seed);
+        sim.set_default_link(LinkConfig {
+            rate_bps: 100_000_000,
+            delay: Duration::from_millis(5),
+            queue_bytes: 256 << 10,
+            impair: ImpairConfig {
+                loss,
+                seed,
+                ..ImpairConfig::default()
+            },
+        });
+        let now = sim.now();
+        let mut nodes = BTreeMap::new();
+        let mut stores = BTreeMap::new();
+        for i in 0..peers {
+            let a = addr(i);
+            let cfg = Config {
+                max_ptos: 6,
+                ..Config::default()
+            };
+            sim.add_node(a, Endpoint::new(cfg, seed * 1000 + i as u64));
+            let (store, have) = if i == 0 {
+                let s = MemoryStore::with_file(&manifest, &data);
+                (s, ChunkBitmap::full(manifest.chunk_count()))
+            } else {
+                let s = MemoryStore::empty(&manifest);
+                (s, ChunkBitmap::empty(manifest.chunk_count()))
+            };
+            let store = Arc::new(Mutex::new(store));
+            let swarm = Swarm::new(
+                now,
+                manifest.clone(),
+                a,
+                Box::new(store.clone()),
+                have,
+                SwarmConfig::default(),
+                seed ^ (i as u64) << 8,
+            );
+            let mut node = Node::new(NodeConfig::default());
+            node.add_swarm(swarm);
+            nodes.insert(a, node);
+            stores.insert(a, store);
+        }
+        World {
+            sim,
+            nodes,
+            stores,
+            manifest,
+            data,
+            trace: Vec::new(),
+            complete: BTreeMap::new(),
+        }
+    }
+
+    /// The tracker tells everyone the group (join order = index order).
+    fn announce_group(&mut self) {
+        let owner = addr(0);
+        let members: Vec<SocketAddr> = self.nodes.keys().copied().filter(|&a| a != owner).collect();
+        let file = self.manifest.file_hash;
+        let now = self.sim.now();
+        for (&a, node) in self.nodes.iter_mut() {
+            let ep = self.sim.endpoint(a);
+            node.on_group(now, ep, &file, Some(owner), &members)
+                .unwrap();
+        }
+    }
+
+    fn start_upload(&mut self) {
+        let file = self.manifest.file_hash;
+        let now = self.sim.now();
+        let ep = self.sim.endpoint(addr(0));
+        let owner = self.nodes.get_mut(&addr(0)).unwrap();
+        owner.start_upload(now, ep, &file).unwrap();
+    }
+
+    /// Lets every node take in what its endpoint reported.
+    fn react(&mut self) {
+        let now = self.sim.now();
+        let elapsed = self.sim.elapsed();
+        for (&a, node) in self.nodes.iter_mut() {
+            let Some(ep) = self.sim.try_endpoint(a) else {
+                continue;
+            };
+            node.process(now, ep);
+            while let Some(ev) = node.poll_event() {
+                match ev {
+                    NodeEvent::ChunkReceived { index, from, .. } => {
+                        self.trace.push((elapsed, a, index, from))
+                    }
+                    NodeEvent::Complete { .. } => {
+                        self.complete.insert(a, elapsed);
+                    }
+                    NodeEvent::BadChunk { .. } | NodeEvent::StorageFailed { .. } => {
+                        panic!("{a}: {ev:?}")
+                    }
+                    other => {
+                        if std::env::var("SWARM_DEBUG").is_ok() {
+                            eprintln!("{elapsed:?} {a}: {other:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn all_complete(&self) -> bool {
+        self.complete.len() == self.nodes.len() - 1
+    }
+
+    /// Runs until every member completed; panics after `limit` virtual time.
+    fn run(&mut self, limit: Duration) {
+        loop {
+            self.react();
+            if self.all_complete() {
+                return;
+            }
+            assert!(
+                self.sim.elapsed() < limit,
+                "not done after {limit:?}: {} of {} complete",
+                self.complete.len(),
+                self.nodes.len() - 1
+            );
+            // One network step, but not past the nodes' earliest deadline
+            // (run_until flushes pending datagrams before it idles).
+            let now = self.sim.now();
+            let deadline = self.nodes.values().filter_map(|n| n.poll_timeout()).min();
+            let horizon = deadline.map_or(limit, |d| d.saturating_duration_since(now));
+            let mut calls = 0;
+            self.sim.run_until(horizon, |_| {
+                calls += 1;
+                calls > 1
+            });
+            let now = self.sim.now();
+            for (&a, node) in self.nodes.iter_mut() {
+                if node.poll_timeout().is_some_and(|t| t <= now) {
+                    if let Some(ep) = self.sim.try_endpoint(a) {
+                        node.handle_timeout(now, ep);
+                    }
+                }
+            }
+        }
+    }
+
+    fn assert_all_verified(&self) {
+        for (a, store) in &self.stores {
+            let got = store.lock().unwrap().assembled();
+            let got = got.unwrap_or_else(|| panic!("{a} incomplete"));
+            assert_eq!(sha256(&got), self.manifest.file_hash, "{a}");
+            assert!(got == self.data, "{a}");
+        }
+    }
+
+    fn owner_stats(&self) -> &SwarmStats {
+        let node = &self.nodes[&addr(0)];
+        node.swarm(&self.manifest.file_hash).unwrap().stats()
+    }
+}
+
+fn distribute(seed: u64, peers: usize, size: usize, loss: f64) -> World {
+    let mut w = World::new(seed, peers, size, loss);
+    w.announce_group();
+    w.sim.run_for(Duration::from_millis(200));
+    w.start_upload();
+    w.run(Duration::from_secs(300));
+    w.assert_all_verified();
+    let n = w.manifest.chunk_count() as u64;
+    let stats = w.owner_stats();
+    let up: u64 = stats.uploaded_to.values().map(|&k| k as u64).sum();
+    eprintln!(
+        "{peers} peers, {:.0}% loss: done in {:?}, owner sent {up} chunks of {n} ({} pushed)",
+        loss * 100.0,
+        w.complete.values().max().unwrap(),
+        stats.pushed_chunks
+    );
+    // Each chunk pushed to at most one member; the members did most of the rest.
+    assert!(stats.pushed_chunks <= n);
+    assert!(up >= n && up <= 3 * n, "owner sent {up} chunks of {n}");
+    if loss == 0.0 {
+        assert_eq!(stats.pushed_chunks, n);
+        assert!(up <= n + n / 4, "owner sent {up} chunks of {n}");
+    }
+    w
+}
+
+const MB: usize = 1_000_000;
+
+#[test]
+fn six_peers_lossless() {
+    distribute(1, 6, 4 * MB, 0.0);
+}
+
+#[test]
+fn six_peers_5_percent_loss() {
+    distribute(2, 6, 4 * MB, 0.05);
+}
+
+#[test]
+fn six_peers_20_percent_loss() {
+    distribute(3, 6, 3 * MB, 0.20);
+}
+
+#[test]
+fn thirty_peers_lossless() {
+    distribute(4, 30, 2 * MB, 0.0);
+}
+
+#[test]
+fn thirty_peers_20_percent_loss() {
+    distribute(5, 30, 2 * MB, 0.20);
+}
+
+#[test]
+fn same_seed_same_run() {
+    let a = distribute(6, 6, 2 * MB, 0.10);
+    let b = distribute(6, 6, 2 * MB, 0.10);
+    assert_eq!(a.trace, b.trace);
+    assert_eq!(a.complete, b.complete);
+}
