@@ -351,11 +351,13 @@ fn tracker_survives_bad_clients_and_keeps_everyone_elses_state() {
     let mut b = start_peer("b", port, &db, 200);
     b.ask("register-group x.bin", "joined");
 
-    // Thousands of idle connections (kept open until the end).
-    let idle: Vec<TcpStream> = (0..1500)
+    // Thousands of idle connections (kept open until the end; the tracker
+    // drops them for silence, and nobody else notices).
+    let _ = chunkswarm::tracker::server::raise_fd_limit();
+    let idle: Vec<TcpStream> = (0..2000)
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
-    assert!(idle.len() > 1000, "only {} connections", idle.len());
+    assert!(idle.len() >= 1000, "only {} connections", idle.len());
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),

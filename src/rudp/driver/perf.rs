@@ -796,6 +796,7 @@ fn run_raw_client(
     let mut ticker = Ticker::new(start);
     let (mut datagrams, mut bytes) = (0u64, 0u64);
     let mut blocked_polls = 0u64;
+    let mut next_control = start;
     loop {
         let t = now();
         let enough = match opts.amount {
@@ -811,6 +812,14 @@ fn run_raw_client(
             queue.push(target, &datagram);
             datagrams += 1;
             bytes += size as u64;
+        }
+        if t >= next_control {
+            // Keep the control connection alive (acks, keepalives) meanwhile.
+            next_control = t + Duration::from_millis(5);
+            session.driver.drive(t, &mut session.endpoint);
+            if let Some((_, Event::Closed(e))) = session.endpoint.poll_event() {
+                return Err(PerfError::Connection(e));
+            }
         }
         let out = socket.send(&mut queue);
         if out.blocked {
