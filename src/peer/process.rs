@@ -35,8 +35,8 @@ pub const WAKER: Token = Token(1);
 /// Reserved for the rudp socket.
 pub const UDP: Token = Token(2);
 
-/// What the console thread and the signal thread hand to the loop.
-pub enum ConsoleInput {
+/// What the console, signal and hashing threads hand to the loop.
+pub enum LoopInput {
     Command(Command),
     Invalid(ParseError),
     /// Standard input ended.
@@ -45,18 +45,23 @@ pub enum ConsoleInput {
     Signal(i32),
     /// From now on, print through this (the prompt stays intact).
     Printer(Box<dyn rustyline::ExternalPrinter + Send>),
+    /// A file's manifest, computed off the loop so heartbeats go on.
+    Hashed {
+        name: String,
+        result: io::Result<Manifest>,
+    },
 }
 
-/// Sends console input to the loop and wakes it.
+/// Sends input to the loop and wakes it.
 #[derive(Clone)]
-pub struct ConsoleSender {
-    tx: Sender<ConsoleInput>,
+pub struct LoopSender {
+    tx: Sender<LoopInput>,
     waker: Arc<Waker>,
 }
 
-impl ConsoleSender {
+impl LoopSender {
     /// False once the loop is gone.
-    pub fn send(&self, input: ConsoleInput) -> bool {
+    pub fn send(&self, input: LoopInput) -> bool {
         if self.tx.send(input).is_err() {
             return false;
         }
@@ -148,8 +153,8 @@ pub struct PeerLoop {
     tracker_wants_write: bool,
     client: TrackerClient,
     udp: UdpSocket,
-    inputs: Receiver<ConsoleInput>,
-    input_tx: Sender<ConsoleInput>,
+    inputs: Receiver<LoopInput>,
+    input_tx: Sender<LoopInput>,
     out: ConsoleOutput,
     config: PeerConfig,
     me: Option<PeerInfo>,
@@ -160,7 +165,9 @@ pub struct PeerLoop {
     pending: HashMap<RequestId, Pending>,
     /// Console input not yet handled: a command waits until the tracker
     /// answered the one before, so output follows input order.
-    queued: VecDeque<ConsoleInput>,
+    queued: VecDeque<LoopInput>,
+    /// The file whose manifest is being computed (a command in progress).
+    hashing: Option<String>,
     stdin_closed: bool,
     stop: bool,
 }
@@ -203,14 +210,15 @@ impl PeerLoop {
             joined: BTreeMap::new(),
             pending: HashMap::new(),
             queued: VecDeque::new(),
+            hashing: None,
             stdin_closed: false,
             stop: false,
         })
     }
 
     /// A handle for the console and signal threads.
-    pub fn console_sender(&self) -> ConsoleSender {
-        ConsoleSender {
+    pub fn console_sender(&self) -> LoopSender {
+        LoopSender {
             tx: self.input_tx.clone(),
             waker: self.waker.clone(),
         }
@@ -339,11 +347,12 @@ impl PeerLoop {
     fn drain_console(&mut self) {
         while let Ok(input) = self.inputs.try_recv() {
             match input {
-                ConsoleInput::Signal(sig) => {
+                LoopInput::Signal(sig) => {
                     info!("stopping on signal {sig}");
                     self.stop = true;
                 }
-                ConsoleInput::Printer(p) => self.out = ConsoleOutput::Terminal(p),
+                LoopInput::Printer(p) => self.out = ConsoleOutput::Terminal(p),
+                LoopInput::Hashed { name, result } => self.hashed(name, result),
                 other => self.queued.push_back(other),
             }
         }
@@ -352,21 +361,21 @@ impl PeerLoop {
 
     /// Handles queued console input until a command awaits the tracker.
     fn run_queued(&mut self) {
-        while self.pending.is_empty() && !self.stop {
+        while self.pending.is_empty() && self.hashing.is_none() && !self.stop {
             let Some(input) = self.queued.pop_front() else {
                 break;
             };
             match input {
-                ConsoleInput::Command(cmd) => self.handle_command(cmd),
-                ConsoleInput::Invalid(ParseError::Empty) => {}
-                ConsoleInput::Invalid(e) => self.error(e),
-                ConsoleInput::Eof => {
+                LoopInput::Command(cmd) => self.handle_command(cmd),
+                LoopInput::Invalid(ParseError::Empty) => {}
+                LoopInput::Invalid(e) => self.error(e),
+                LoopInput::Eof => {
                     self.stdin_closed = true;
                     if self.busy() {
                         info!("end of input; still sharing or downloading: stop with SIGINT or SIGTERM");
                     }
                 }
-                ConsoleInput::Signal(_) | ConsoleInput::Printer(_) => {}
+                LoopInput::Signal(_) | LoopInput::Printer(_) | LoopInput::Hashed { .. } => {}
             }
         }
         self.stop_if_idle();
@@ -374,7 +383,10 @@ impl PeerLoop {
 
     /// Shares or downloads something, or still waits for the tracker's answer.
     fn busy(&self) -> bool {
-        !self.owned.is_empty() || !self.joined.is_empty() || !self.pending.is_empty()
+        !self.owned.is_empty()
+            || !self.joined.is_empty()
+            || !self.pending.is_empty()
+            || self.hashing.is_some()
     }
 
     /// After end of input, a peer with nothing to share or download stops.
@@ -430,18 +442,43 @@ impl PeerLoop {
             }
             Ok(_) => {}
         }
-        let manifest = match fs::File::open(&path)
-            .and_then(|f| Manifest::compute(&name, io::BufReader::new(f)))
-        {
-            Ok(m) => m,
+        // Hash on a thread of its own: a large file takes seconds, and the
+        // loop must keep answering the tracker meanwhile.
+        let sender = self.console_sender();
+        let thread_name = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hashing".into())
+            .spawn(move || {
+                let result = fs::File::open(&path)
+                    .and_then(|f| Manifest::compute(&thread_name, io::BufReader::new(f)));
+                sender.send(LoopInput::Hashed {
+                    name: thread_name,
+                    result,
+                });
+            });
+        match spawned {
+            Ok(_) => self.hashing = Some(name),
+            Err(e) => self.error(format_args!(
+                "register-peer {name}: cannot start hashing: {e}; try again"
+            )),
+        }
+    }
+
+    /// The manifest of a file to share is ready: register it.
+    fn hashed(&mut self, name: String, result: io::Result<Manifest>) {
+        self.hashing = None;
+        match result {
+            Ok(manifest) => {
+                let req = self.client.register_file(manifest.clone());
+                self.pending.insert(req, Pending::RegisterPeer(manifest));
+            }
             Err(e) => {
-                return self.error(format_args!(
-                    "register-peer {name}: cannot read {shown}: {e}"
+                let shown = self.config.dir.join(&name).display().to_string();
+                self.error(format_args!(
+                    "register-peer {name}: cannot read {shown}: {e}; check the file and try again"
                 ))
             }
-        };
-        let req = self.client.register_file(manifest.clone());
-        self.pending.insert(req, Pending::RegisterPeer(manifest));
+        }
     }
 
     fn register_group(&mut self, name: String) {
@@ -729,7 +766,7 @@ fn count(n: usize, what: &str) -> String {
 /// Reads the console on a thread of its own: rustyline with a prompt and
 /// history when stdin is a terminal, plain lines otherwise. Each line is
 /// parsed and handed to the loop; end of input is reported too.
-pub fn spawn_console(sender: ConsoleSender) -> io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn_console(sender: LoopSender) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
@@ -744,14 +781,14 @@ pub fn spawn_console(sender: ConsoleSender) -> io::Result<std::thread::JoinHandl
         })
 }
 
-fn send_line(sender: &ConsoleSender, line: &str) -> bool {
+fn send_line(sender: &LoopSender, line: &str) -> bool {
     sender.send(match Command::parse(line) {
-        Ok(cmd) => ConsoleInput::Command(cmd),
-        Err(e) => ConsoleInput::Invalid(e),
+        Ok(cmd) => LoopInput::Command(cmd),
+        Err(e) => LoopInput::Invalid(e),
     })
 }
 
-fn read_lines(sender: &ConsoleSender) {
+fn read_lines(sender: &LoopSender) {
     let stdin = io::stdin();
     let mut line = String::new();
     loop {
@@ -769,14 +806,14 @@ fn read_lines(sender: &ConsoleSender) {
             }
         }
     }
-    sender.send(ConsoleInput::Eof);
+    sender.send(LoopInput::Eof);
 }
 
-fn read_terminal(sender: &ConsoleSender) -> rustyline::Result<()> {
+fn read_terminal(sender: &LoopSender) -> rustyline::Result<()> {
     use rustyline::error::ReadlineError;
     let mut editor = rustyline::DefaultEditor::new()?;
     if let Ok(printer) = editor.create_external_printer() {
-        sender.send(ConsoleInput::Printer(Box::new(printer)));
+        sender.send(LoopInput::Printer(Box::new(printer)));
     }
     loop {
         match editor.readline("chunkswarm> ") {
@@ -789,11 +826,11 @@ fn read_terminal(sender: &ConsoleSender) -> rustyline::Result<()> {
                 }
             }
             Err(ReadlineError::Interrupted) => {
-                sender.send(ConsoleInput::Signal(signal_hook::consts::SIGINT));
+                sender.send(LoopInput::Signal(signal_hook::consts::SIGINT));
                 return Ok(());
             }
             Err(ReadlineError::Eof) => {
-                sender.send(ConsoleInput::Eof);
+                sender.send(LoopInput::Eof);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -802,14 +839,14 @@ fn read_terminal(sender: &ConsoleSender) -> rustyline::Result<()> {
 }
 
 /// Hands SIGINT and SIGTERM to the loop, which stops cleanly.
-pub fn spawn_signal_listener(sender: ConsoleSender) -> io::Result<()> {
+pub fn spawn_signal_listener(sender: LoopSender) -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                if !sender.send(ConsoleInput::Signal(sig)) {
+                if !sender.send(LoopInput::Signal(sig)) {
                     return;
                 }
             }

@@ -117,6 +117,9 @@ pub struct Server {
     dirty: Vec<Token>,
     /// Sessions to close at the end of this iteration.
     closing: Vec<(Token, Close)>,
+    /// accept() failed (out of descriptors): connections may wait in the
+    /// backlog without a new readiness event, so retry every iteration.
+    retry_accept: bool,
 }
 
 impl Server {
@@ -138,6 +141,7 @@ impl Server {
             next_token: FIRST_SESSION,
             dirty: Vec::new(),
             closing: Vec::new(),
+            retry_accept: false,
         })
     }
 
@@ -180,6 +184,9 @@ impl Server {
                     }
                 }
             }
+            if self.retry_accept {
+                self.accept();
+            }
             let now = Instant::now();
             if now >= next_check {
                 self.check_silence(now);
@@ -202,6 +209,7 @@ impl Server {
     }
 
     fn accept(&mut self) {
+        self.retry_accept = false;
         loop {
             match self.listener.accept() {
                 Ok((mut stream, addr)) => {
@@ -237,8 +245,10 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of descriptors, most likely: keep serving who we have.
+                    // Out of descriptors, most likely: keep serving who we
+                    // have, and try again once some session has ended.
                     warn!("accept failed: {e}");
+                    self.retry_accept = true;
                     return;
                 }
             }

@@ -4,6 +4,7 @@
 //! `#[command(flatten)]`.
 
 use super::DriverOptions;
+use crate::cli::parse_size;
 use crate::rudp::impair::{GilbertElliott, ImpairConfig};
 use crate::rudp::{CcKind, Config, DEFAULT_MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD};
 use std::time::Duration;
@@ -258,29 +259,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A byte count: `1000`, `100K`/`100KB` (10^3), `100KiB` (2^10), `M`, `G`, …
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (v, unit) =
-        number_and_unit(s).ok_or_else(|| format!("invalid size '{s}' (e.g. 100MB or 16MiB)"))?;
-    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit '{other}' in '{s}'")),
-    };
-    let bytes = v * mult;
-    if bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64 {
-        Ok(bytes as u64)
-    } else {
-        Err(format!("size '{s}' is out of range"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,15 +290,6 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1e999s").is_err());
-    }
-
-    #[test]
-    fn sizes_have_units() {
-        assert_eq!(parse_size("100MB"), Ok(100_000_000));
-        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
-        assert_eq!(parse_size("100KiB"), Ok(102_400));
-        assert_eq!(parse_size("12"), Ok(12));
-        assert!(parse_size("12 parsecs").is_err());
     }
 
     #[test]
