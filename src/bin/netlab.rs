@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use chunkswarm::cli::parse_size;
 use chunkswarm::lab::compare::{run_compare, CompareReport, CompareSpec, Protocol};
 use chunkswarm::lab::delay_line::{DelaySpec, LossModel};
 use chunkswarm::lab::nfqueue::NfQueue;
 use chunkswarm::lab::topology::{cleanup, ImpairMethod, PathSpec};
-use chunkswarm::lab::units::{parse_duration, parse_percent, parse_seconds, parse_size, Rate};
+use chunkswarm::lab::units::{parse_duration, parse_percent, parse_seconds, Rate};
 use chunkswarm::lab::{check_environment, grid, process, swarm, LabError};
 
 #[derive(Parser)]

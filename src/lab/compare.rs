@@ -234,14 +234,21 @@ fn client_limit(duration: Duration) -> Duration {
     duration + Duration::from_secs(30)
 }
 
-/// Starts a server in `b`, gives it a moment to bind, runs `client` in `a`.
+/// Starts a server, waits until it prints `ready_line` (or a moment without
+/// one), then runs `client` to completion.
 fn with_server(
     server: std::process::Command,
+    ready_line: Option<&str>,
     client: std::process::Command,
     duration: Duration,
 ) -> Result<process::Output, LabError> {
-    let server = Background::spawn(server)?;
-    process::sleep(Duration::from_millis(300))?;
+    let mut server = Background::spawn(server)?;
+    match ready_line {
+        Some(prefix) => {
+            server.wait_for_line(Duration::from_secs(10), |l| l.starts_with(prefix))?;
+        }
+        None => process::sleep(Duration::from_millis(300))?,
+    }
     let out = process::output(client, client_limit(duration));
     let server_lines = server.stop(Duration::from_millis(500));
     let out = out?;
@@ -261,7 +268,7 @@ fn run_rudp_perf(
     tcp_cc: Option<&str>,
 ) -> Result<RunResult, LabError> {
     let perf_s = perf.to_string_lossy().into_owned();
-    let mut server_args = vec![
+    let server_args = vec![
         "server".to_string(),
         "--bind".into(),
         b.addr.to_string(),
@@ -279,11 +286,12 @@ fn run_rudp_perf(
         client_args.extend(["--cc".into(), cc.into()]);
     }
     if let Some(tcp_cc) = tcp_cc {
-        server_args.push("--tcp".into());
+        // The server takes TCP on the same port without being told.
         client_args.extend(["--tcp".into(), "--tcp-cc".into(), tcp_cc.into()]);
     }
     let out = with_server(
         b.ns.exec(&perf_s, &server_args),
+        Some("listening on"),
         a.ns.exec(&perf_s, &client_args),
         duration,
     )?;
@@ -359,7 +367,7 @@ fn run_iperf3(
             "-J",
         ],
     );
-    let out = with_server(server, client, duration)?;
+    let out = with_server(server, None, client, duration)?;
     // iperf3 -J reports failures as JSON too.
     parse_iperf3(&out.stdout)
 }

@@ -1,6 +1,6 @@
 //! The quantities an experiment is written in: link rates (`100mbit`),
-//! durations (`40ms`), percentages (`1%`) and sizes (`10MB`), parsed the way
-//! `tc` spells them so a command line reads like the tc one it replaces.
+//! durations (`40ms`) and percentages (`1%`), parsed the way `tc` spells them
+//! so a command line reads like the tc one it replaces. (Sizes: `cli::parse_size`.)
 
 use std::fmt;
 use std::str::FromStr;
@@ -183,27 +183,6 @@ pub fn parse_percent(s: &str) -> Result<f64, ParseQuantityError> {
     Ok(p)
 }
 
-/// `10MB` (10^6 bytes), `10MiB`, `512KB`, `1GB`, or plain bytes.
-pub fn parse_size(s: &str) -> Result<u64, ParseQuantityError> {
-    let err = || ParseQuantityError::new("a size (e.g. 10MB)", s);
-    let (value, unit) = split_number(s).ok_or_else(err)?;
-    let scale = match unit.as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(err()),
-    };
-    let bytes = value * scale;
-    if !(1.0..=1e13).contains(&bytes) {
-        return Err(err());
-    }
-    Ok(bytes.round() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,17 +239,6 @@ mod tests {
         assert_eq!(parse_percent("0").unwrap(), 0.0);
         for bad in ["", "%", "101%", "2", "-1%", "5 percent"] {
             assert!(parse_percent(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
-        assert_eq!(parse_size("10MiB").unwrap(), 10 * 1024 * 1024);
-        assert_eq!(parse_size("512kb").unwrap(), 512_000);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        for bad in ["", "MB", "0", "10 parsecs"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 }
