@@ -29,6 +29,8 @@ struct World {
     /// (virtual time, receiver, chunk, sender): the run's fingerprint.
     trace: Vec<(Duration, SocketAddr, u32, SocketAddr)>,
     complete: BTreeMap<SocketAddr, Duration>,
+    /// (node, peer) for every connection a node saw die.
+    downs: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl World {
@@ -90,6 +92,7 @@ impl World {
             data,
             trace: Vec::new(),
             complete: BTreeMap::new(),
+            downs: Vec::new(),
         }
     }
 
@@ -134,6 +137,7 @@ impl World {
                     NodeEvent::BadChunk { .. } | NodeEvent::StorageFailed { .. } => {
                         panic!("{a}: {ev:?}")
                     }
+                    NodeEvent::NeighbourDown { peer, .. } => self.downs.push((a, peer)),
                     other => {
                         if std::env::var("SWARM_DEBUG").is_ok() {
                             eprintln!("{elapsed:?} {a}: {other:?}");
@@ -145,14 +149,43 @@ impl World {
     }
 
     fn all_complete(&self) -> bool {
-        self.complete.len() == self.nodes.len() - 1
+        let owner = addr(0);
+        self.nodes
+            .keys()
+            .filter(|&&a| a != owner)
+            .all(|a| self.complete.contains_key(a))
+    }
+
+    /// Peer `a` vanishes: its endpoint stops answering.
+    fn kill(&mut self, a: SocketAddr) {
+        self.sim.remove_node(a);
+        self.nodes.remove(&a);
+        self.stores.remove(&a);
+    }
+
+    /// Chunks peer `a` holds.
+    fn held(&self, a: SocketAddr) -> u32 {
+        let swarm = self.nodes[&a].swarm(&self.manifest.file_hash).unwrap();
+        swarm.have().count()
     }
 
     /// Runs until every member completed; panics after `limit` virtual time.
     fn run(&mut self, limit: Duration) {
+        self.run_with(limit, |_| {}, World::all_complete);
+    }
+
+    /// Runs until `done`, calling `hook` between steps.
+    fn run_with(
+        &mut self,
+        limit: Duration,
+        mut hook: impl FnMut(&mut World),
+        done: impl Fn(&World) -> bool,
+    ) {
         loop {
             self.react();
-            if self.all_complete() {
+            hook(self);
+            self.react();
+            if done(self) {
                 return;
             }
             assert!(
@@ -256,4 +289,38 @@ fn same_seed_same_run() {
     let b = distribute(6, 6, 2 * MB, 0.10);
     assert_eq!(a.trace, b.trace);
     assert_eq!(a.complete, b.complete);
+}
+
+/// A member vanishes mid-download: rudp reports it dead to its neighbours,
+/// they replace it at once, the tracker drops it 6 s later, the rest complete.
+#[test]
+fn member_killed_mid_download_the_rest_complete() {
+    let mut w = World::new(7, 8, 4 * MB, 0.05);
+    w.announce_group();
+    w.sim.run_for(Duration::from_millis(200));
+    w.start_upload();
+    let victim = addr(3);
+    let mut killed_at = None;
+    let mut announced = false;
+    w.run_with(
+        Duration::from_secs(300),
+        |w| match killed_at {
+            None if w.held(victim) >= w.manifest.chunk_count() / 3 => {
+                assert!(!w.all_complete());
+                w.kill(victim);
+                killed_at = Some(w.sim.now());
+            }
+            Some(t) if !announced && w.sim.now() >= t + Duration::from_secs(6) => {
+                announced = true;
+                w.announce_group();
+            }
+            _ => {}
+        },
+        |w| w.all_complete() && w.downs.iter().any(|&(_, p)| p == victim),
+    );
+    assert!(
+        w.downs.iter().any(|&(_, p)| p == victim),
+        "nobody saw it die"
+    );
+    w.assert_all_verified();
 }
