@@ -56,6 +56,8 @@ struct Peer {
     /// Bytes per second.
     upload_rate: f64,
     completed_at: Option<Instant>,
+    /// Time the uplink spent sending.
+    busy: Duration,
 }
 
 /// (time, node, chunk, sender) of every chunk received: the run's fingerprint.
@@ -144,6 +146,7 @@ impl Sim {
             uplink_free_at: self.now,
             upload_rate: 10e6,
             completed_at: None,
+            busy: Duration::ZERO,
         });
         i
     }
@@ -270,6 +273,7 @@ impl Sim {
         let start = p.uplink_free_at.max(self.now);
         let done = start + Duration::from_secs_f64(len / p.upload_rate);
         p.uplink_free_at = done;
+        p.busy += done - start;
         let at = done + self.link_latency(from, to);
         let from_addr = addr(from);
         self.schedule(
@@ -363,7 +367,7 @@ impl Sim {
                     if !self.conns.contains_key(&Sim::conn_key(i, j)) {
                         continue; // a dead connection takes nothing (rudp backlog)
                     }
-                    while self.on_wire.get(&(i, j)).copied().unwrap_or(0) < 2 {
+                    while self.on_wire.get(&(i, j)).copied().unwrap_or(0) < WIRE_DEPTH {
                         let swarm = self.peers[i].swarm.as_mut().unwrap();
                         let Some(msg) = swarm.poll_upload(peer) else {
                             break;
@@ -548,6 +552,7 @@ impl Sim {
 }
 
 const MB: usize = 1_000_000;
+const WIRE_DEPTH: usize = 1;
 
 /// Owner + `members`, all joined, then the owner uploads.
 fn standard(seed: u64, members: usize, size: usize) -> Sim {
@@ -825,4 +830,53 @@ fn disk_store_keeps_only_verified_chunks() {
     let (_, have) = DiskStore::open_download(&dir, &m).unwrap();
     assert!(have.is_full());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With every uplink capped, the time until the last member completes,
+/// against the P2P lower bound max(F/u_s, N·F/(u_s + Σu_i)).
+fn distribution_vs_bound(members: usize, u_s: f64, u_i: f64, size: usize) -> f64 {
+    let mut sim = Sim::new(9, members + 1, size);
+    sim.peers[0].upload_rate = u_s;
+    for p in sim.peers.iter_mut().skip(1) {
+        p.upload_rate = u_i;
+    }
+    sim.start_owner();
+    for i in 1..=members {
+        sim.join(i, SwarmConfig::default());
+    }
+    sim.run_until(Duration::from_secs(1), |_| {}, |s| s.events.is_empty());
+    let start = sim.now;
+    let owner = sim.peers[0].swarm.as_mut().unwrap();
+    owner.start_upload(start).unwrap();
+    complete(&mut sim, Duration::from_secs(600));
+    let took = (sim.now - start).as_secs_f64();
+    let busy: Vec<String> = sim
+        .peers
+        .iter()
+        .map(|p| format!("{:.0}%", 100.0 * p.busy.as_secs_f64() / took))
+        .collect();
+    eprintln!("uplink busy: {}", busy.join(" "));
+    let f = size as f64;
+    let n = members as f64;
+    let bound = (f / u_s).max(n * f / (u_s + n * u_i));
+    eprintln!(
+        "1+{members}: {took:.2} s, bound {bound:.2} s, ratio {:.2}, client-server {:.2} s",
+        took / bound,
+        n * f / u_s
+    );
+    took / bound
+}
+
+/// A regression guard on the swarm's efficiency in this model (uplinks
+/// shared FIFO, no transport overhead). With three member neighbours each,
+/// chunks pushed last need several hops, so the model lands at 1.2-1.7x the
+/// bound (README, performance section); it must not get worse.
+#[test]
+fn distribution_time_near_the_p2p_bound() {
+    for members in [5, 15] {
+        for u_s in [1e6, 2e6] {
+            let ratio = distribution_vs_bound(members, u_s, 1e6, 4 * MB);
+            assert!(ratio < 1.75, "1+{members}: {ratio:.2} x the bound");
+        }
+    }
 }

@@ -564,5 +564,5 @@ pub fn raise_fd_limit() -> io::Result<u64> {
             }
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
