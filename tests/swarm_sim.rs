@@ -2,7 +2,7 @@
 //! simulated network in virtual time, with seeded loss: every copy complete
 //! and verified, and the same seed gives the same run.
 
-use chunkswarm::manifest::{sha256, Manifest};
+use chunkswarm::manifest::{sha256, Digest32, Manifest};
 use chunkswarm::peer::bitmap::ChunkBitmap;
 use chunkswarm::peer::node::{Node, NodeConfig, NodeEvent};
 use chunkswarm::peer::storage::MemoryStore;
@@ -14,21 +14,60 @@ use chunkswarm::rudp::{Config, Endpoint};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250 + 1) as u8], 7001))
 }
 
+type Store = Arc<Mutex<MemoryStore>>;
+
+/// The swarm of `manifest` at peer `a`: the whole file for its owner, an
+/// empty memory store for a member.
+fn swarm_at(
+    now: Instant,
+    a: SocketAddr,
+    owner: bool,
+    manifest: &Manifest,
+    data: &[u8],
+    seed: u64,
+) -> (Swarm, Store) {
+    let n = manifest.chunk_count();
+    let (store, have) = if owner {
+        (MemoryStore::with_file(manifest, data), ChunkBitmap::full(n))
+    } else {
+        (MemoryStore::empty(manifest), ChunkBitmap::empty(n))
+    };
+    let store = Arc::new(Mutex::new(store));
+    let boxed = Box::new(store.clone());
+    let cfg = SwarmConfig::default();
+    let swarm = Swarm::new(now, manifest.clone(), a, boxed, have, cfg, seed);
+    (swarm, store)
+}
+
+struct ExtraFile {
+    owner: SocketAddr,
+    manifest: Manifest,
+    data: Vec<u8>,
+    stores: BTreeMap<SocketAddr, Store>,
+}
+
 struct World {
     sim: Sim,
     nodes: BTreeMap<SocketAddr, Node>,
-    stores: BTreeMap<SocketAddr, Arc<Mutex<MemoryStore>>>,
+    stores: BTreeMap<SocketAddr, Store>,
     manifest: Manifest,
     data: Vec<u8>,
     /// (virtual time, receiver, chunk, sender): the run's fingerprint.
     trace: Vec<(Duration, SocketAddr, u32, SocketAddr)>,
+    /// When each member completed the main file.
     complete: BTreeMap<SocketAddr, Duration>,
+    /// More files, each shared by one peer with everyone else in its group.
+    extra: Vec<ExtraFile>,
+    /// (peer, file) for every completed extra file.
+    extra_complete: Vec<(SocketAddr, Digest32)>,
+    /// (node, peer) for every connection a node saw die.
+    downs: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl World {
@@ -60,23 +99,7 @@ impl World {
                 ..Config::default()
             };
             sim.add_node(a, Endpoint::new(cfg, seed * 1000 + i as u64));
-            let (store, have) = if i == 0 {
-                let s = MemoryStore::with_file(&manifest, &data);
-                (s, ChunkBitmap::full(manifest.chunk_count()))
-            } else {
-                let s = MemoryStore::empty(&manifest);
-                (s, ChunkBitmap::empty(manifest.chunk_count()))
-            };
-            let store = Arc::new(Mutex::new(store));
-            let swarm = Swarm::new(
-                now,
-                manifest.clone(),
-                a,
-                Box::new(store.clone()),
-                have,
-                SwarmConfig::default(),
-                seed ^ (i as u64) << 8,
-            );
+            let (swarm, store) = swarm_at(now, a, i == 0, &manifest, &data, seed ^ (i as u64) << 8);
             let mut node = Node::new(NodeConfig::default());
             node.add_swarm(swarm);
             nodes.insert(a, node);
@@ -90,6 +113,9 @@ impl World {
             data,
             trace: Vec::new(),
             complete: BTreeMap::new(),
+            extra: Vec::new(),
+            extra_complete: Vec::new(),
+            downs: Vec::new(),
         }
     }
 
@@ -128,12 +154,16 @@ impl World {
                     NodeEvent::ChunkReceived { index, from, .. } => {
                         self.trace.push((elapsed, a, index, from))
                     }
+                    NodeEvent::Complete { file, .. } if file != self.manifest.file_hash => {
+                        self.extra_complete.push((a, file));
+                    }
                     NodeEvent::Complete { .. } => {
                         self.complete.insert(a, elapsed);
                     }
                     NodeEvent::BadChunk { .. } | NodeEvent::StorageFailed { .. } => {
                         panic!("{a}: {ev:?}")
                     }
+                    NodeEvent::NeighbourDown { peer, .. } => self.downs.push((a, peer)),
                     other => {
                         if std::env::var("SWARM_DEBUG").is_ok() {
                             eprintln!("{elapsed:?} {a}: {other:?}");
@@ -145,14 +175,75 @@ impl World {
     }
 
     fn all_complete(&self) -> bool {
-        self.complete.len() == self.nodes.len() - 1
+        let owner = addr(0);
+        self.nodes
+            .keys()
+            .filter(|&&a| a != owner)
+            .all(|a| self.complete.contains_key(a))
+    }
+
+    /// Peer `owner` shares another file of `size` bytes; every other peer
+    /// joins its group, and it uploads at once.
+    fn share_another_file(&mut self, owner: SocketAddr, size: usize, seed: u64) -> Digest32 {
+        let mut data = vec![0u8; size];
+        Rng::new(seed).fill(&mut data);
+        let manifest = Manifest::of_bytes("second.bin", &data);
+        let file = manifest.file_hash;
+        let now = self.sim.now();
+        let mut stores = BTreeMap::new();
+        for (&a, node) in self.nodes.iter_mut() {
+            let (swarm, store) = swarm_at(now, a, a == owner, &manifest, &data, seed);
+            node.add_swarm(swarm);
+            stores.insert(a, store);
+        }
+        let members: Vec<SocketAddr> = self.nodes.keys().copied().filter(|&a| a != owner).collect();
+        for (&a, node) in self.nodes.iter_mut() {
+            let ep = self.sim.endpoint(a);
+            node.on_group(now, ep, &file, Some(owner), &members)
+                .unwrap();
+        }
+        let ep = self.sim.endpoint(owner);
+        let node = self.nodes.get_mut(&owner).unwrap();
+        node.start_upload(now, ep, &file).unwrap();
+        self.extra.push(ExtraFile {
+            owner,
+            manifest,
+            data,
+            stores,
+        });
+        file
+    }
+
+    /// Peer `a` vanishes: its endpoint stops answering.
+    fn kill(&mut self, a: SocketAddr) {
+        self.sim.remove_node(a);
+        self.nodes.remove(&a);
+        self.stores.remove(&a);
+    }
+
+    /// Chunks peer `a` holds.
+    fn held(&self, a: SocketAddr) -> u32 {
+        let swarm = self.nodes[&a].swarm(&self.manifest.file_hash).unwrap();
+        swarm.have().count()
     }
 
     /// Runs until every member completed; panics after `limit` virtual time.
     fn run(&mut self, limit: Duration) {
+        self.run_with(limit, |_| {}, World::all_complete);
+    }
+
+    /// Runs until `done`, calling `hook` between steps.
+    fn run_with(
+        &mut self,
+        limit: Duration,
+        mut hook: impl FnMut(&mut World),
+        done: impl Fn(&World) -> bool,
+    ) {
         loop {
             self.react();
-            if self.all_complete() {
+            hook(self);
+            self.react();
+            if done(self) {
                 return;
             }
             assert!(
@@ -256,4 +347,74 @@ fn same_seed_same_run() {
     let b = distribute(6, 6, 2 * MB, 0.10);
     assert_eq!(a.trace, b.trace);
     assert_eq!(a.complete, b.complete);
+}
+
+/// A member vanishes mid-download: rudp reports it dead to its neighbours,
+/// they replace it at once, the tracker drops it 6 s later, the rest complete.
+#[test]
+fn member_killed_mid_download_the_rest_complete() {
+    let mut w = World::new(7, 8, 4 * MB, 0.05);
+    w.announce_group();
+    w.sim.run_for(Duration::from_millis(200));
+    w.start_upload();
+    let victim = addr(3);
+    let mut killed_at = None;
+    let mut announced = false;
+    w.run_with(
+        Duration::from_secs(300),
+        |w| match killed_at {
+            None if w.held(victim) >= w.manifest.chunk_count() / 3 => {
+                assert!(!w.all_complete());
+                w.kill(victim);
+                killed_at = Some(w.sim.now());
+            }
+            Some(t) if !announced && w.sim.now() >= t + Duration::from_secs(6) => {
+                announced = true;
+                w.announce_group();
+            }
+            _ => {}
+        },
+        |w| w.all_complete() && w.downs.iter().any(|&(_, p)| p == victim),
+    );
+    assert!(
+        w.downs.iter().any(|&(_, p)| p == victim),
+        "nobody saw it die"
+    );
+    w.assert_all_verified();
+}
+
+/// Two files at once: peer 0 shares one, peer 1 another, everyone downloads
+/// both; each pair of peers shares one connection for both swarms.
+#[test]
+fn two_files_over_shared_connections() {
+    let mut w = World::new(8, 6, 2 * MB, 0.05);
+    w.announce_group();
+    w.sim.run_for(Duration::from_millis(200));
+    w.start_upload();
+    let second = w.share_another_file(addr(1), 3 * MB, 88);
+    w.run_with(
+        Duration::from_secs(300),
+        |_| {},
+        |w| w.all_complete() && w.extra_complete.len() == w.nodes.len() - 1,
+    );
+    w.assert_all_verified();
+    let x = &w.extra[0];
+    assert_eq!(x.manifest.file_hash, second);
+    for (a, store) in &x.stores {
+        let got = store.lock().unwrap().assembled();
+        assert!(got.as_deref() == Some(&x.data[..]), "{a}: second file");
+    }
+    for (&a, node) in &w.nodes {
+        // One connection per remote peer, shared by both swarms (two owners
+        // that opened to each other at once keep both: each delivers).
+        let peers: Vec<SocketAddr> = node.connected().collect();
+        for owner in [addr(0), addr(1)] {
+            assert!(a == owner || peers.contains(&owner), "{a}");
+        }
+        let peers = peers.len();
+        assert!(w.sim.endpoint(a).connections().len() <= peers + 1, "{a}");
+        assert_eq!(node.counters().unknown_file, 0);
+        assert_eq!(node.counters().undecodable, 0);
+    }
+    assert_eq!(x.owner, addr(1));
 }

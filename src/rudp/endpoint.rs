@@ -380,19 +380,24 @@ impl Endpoint {
         }
     }
 
+    /// The first connection at or after `from`, wrapping around.
+    fn next_conn_from(&self, from: ConnectionHandle) -> Option<ConnectionHandle> {
+        self.conns
+            .range(from..)
+            .next()
+            .or_else(|| self.conns.iter().next())
+            .map(|(h, _)| *h)
+    }
+
     /// Call when `poll_timeout()`'s deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<ConnectionHandle> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(h, _)| *h)
-            .collect();
-        for h in due {
-            if let Some(c) = self.conns.get_mut(&h) {
+        let mut cursor = ConnectionHandle(0);
+        while let Some((&h, c)) = self.conns.range_mut(cursor..).next() {
+            cursor = ConnectionHandle(h.0 + 1);
+            if c.poll_timeout().is_some_and(|t| t <= now) {
                 c.handle_timeout(now);
+                self.collect(h);
             }
-            self.collect(h);
         }
     }
 
@@ -410,16 +415,14 @@ impl Endpoint {
         if self.conns.is_empty() {
             return None;
         }
-        // Round-robin: start after the connection that sent last.
-        let start = self.rr_next;
-        let order = self
-            .conns
-            .range(start..)
-            .chain(self.conns.range(..start))
-            .map(|(h, _)| *h);
+        // Round-robin: start after the connection that sent last; visit each once.
         let mut chosen = None;
-        let mut gone = Vec::new();
-        for h in order.collect::<Vec<_>>() {
+        let mut cursor = self.rr_next;
+        for _ in 0..self.conns.len() {
+            let Some(h) = self.next_conn_from(cursor) else {
+                break;
+            };
+            cursor = ConnectionHandle(h.0 + 1);
             let Some(c) = self.conns.get_mut(&h) else {
                 continue;
             };
@@ -428,16 +431,15 @@ impl Endpoint {
             } else {
                 c.poll_transmit(now, buf)
             };
-            if c.state() == State::Gone {
-                gone.push(h);
+            let gone = c.state() == State::Gone;
+            let remote = c.remote();
+            if gone {
+                self.collect(h);
             }
             if let Some(len) = len {
-                chosen = Some((h, c.remote(), len));
+                chosen = Some((h, remote, len));
                 break;
             }
-        }
-        for h in gone {
-            self.collect(h);
         }
         let (h, destination, len) = chosen?;
         self.rr_next = ConnectionHandle(h.0 + 1);

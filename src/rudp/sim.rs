@@ -21,7 +21,7 @@ use super::impair::{ImpairConfig, Impairment, LossModel};
 use crate::rng::Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -159,7 +159,10 @@ pub struct Sim {
     now: Instant,
     seed: u64,
     nodes: BTreeMap<SocketAddr, Endpoint>,
-    links: HashMap<(SocketAddr, SocketAddr), Link>,
+    links: Vec<Link>,
+    /// Directed links between two sockets, and shared ones between two hosts.
+    by_pair: HashMap<(SocketAddr, SocketAddr), usize>,
+    by_host: HashMap<(IpAddr, IpAddr), usize>,
     default_link: LinkConfig,
     arrivals: BinaryHeap<Reverse<Arrival>>,
     seq: u64,
@@ -179,7 +182,9 @@ impl Sim {
             now: start,
             seed,
             nodes: BTreeMap::new(),
-            links: HashMap::new(),
+            links: Vec::new(),
+            by_pair: HashMap::new(),
+            by_host: HashMap::new(),
             default_link: LinkConfig::default(),
             arrivals: BinaryHeap::new(),
             seq: 0,
@@ -228,7 +233,16 @@ impl Sim {
     /// Configures the directed link `a → b`.
     pub fn set_link(&mut self, a: SocketAddr, b: SocketAddr, cfg: LinkConfig) {
         let seed = self.seed ^ hash_pair(a, b);
-        self.links.insert((a, b), Link::new(cfg, seed));
+        self.links.push(Link::new(cfg, seed));
+        self.by_pair.insert((a, b), self.links.len() - 1);
+    }
+
+    /// Configures one directed link shared by every socket pair from host
+    /// `a` to host `b` that has no link of its own (a shared bottleneck).
+    pub fn set_host_link(&mut self, a: IpAddr, b: IpAddr, cfg: LinkConfig) {
+        let seed = self.seed ^ hash_pair(SocketAddr::new(a, 0), SocketAddr::new(b, 0));
+        self.links.push(Link::new(cfg, seed));
+        self.by_host.insert((a, b), self.links.len() - 1);
     }
 
     /// Configures both directions between `a` and `b` alike.
@@ -251,12 +265,28 @@ impl Sim {
         self.link(a, b).counters.clone()
     }
 
+    /// Counters of the host link `a → b` (see [`Sim::set_host_link`]).
+    pub fn host_link_counters(&self, a: IpAddr, b: IpAddr) -> Option<LinkCounters> {
+        let i = *self.by_host.get(&(a, b))?;
+        Some(self.links[i].counters.clone())
+    }
+
+    /// The link `a → b`: its own, else its hosts' shared one, else a new default one.
+    fn link_index(&mut self, a: SocketAddr, b: SocketAddr) -> usize {
+        if let Some(&i) = self.by_pair.get(&(a, b)) {
+            return i;
+        }
+        if let Some(&i) = self.by_host.get(&(a.ip(), b.ip())) {
+            return i;
+        }
+        let cfg = self.default_link.clone();
+        self.set_link(a, b, cfg);
+        self.links.len() - 1
+    }
+
     fn link(&mut self, a: SocketAddr, b: SocketAddr) -> &mut Link {
-        let seed = self.seed ^ hash_pair(a, b);
-        let cfg = &self.default_link;
-        self.links
-            .entry((a, b))
-            .or_insert_with(|| Link::new(cfg.clone(), seed))
+        let i = self.link_index(a, b);
+        &mut self.links[i]
     }
 
     /// Lets every endpoint send what it may now, and routes it.
@@ -275,11 +305,8 @@ impl Sim {
                     break;
                 };
                 let dst = t.destination;
-                let (seed, default) = (self.seed, &self.default_link);
-                let link = self
-                    .links
-                    .entry((src, dst))
-                    .or_insert_with(|| Link::new(default.clone(), seed ^ hash_pair(src, dst)));
+                let i = self.link_index(src, dst);
+                let link = &mut self.links[i];
                 if let Some(leave) = link.admit(now, t.len) {
                     link.impair.push(leave, dst, &buf[..t.len]);
                     while let Some((at, d, data)) = link.impair.pop_next() {

@@ -1,0 +1,165 @@
+//! rudp on the simulated network (virtual time; wall-clock free, so the
+//! figures are deterministic for a seed): goodput of each congestion
+//! controller on a 100 Mbit/s, 40 ms RTT path with a one-BDP drop-tail queue
+//! under random loss, two flows sharing that bottleneck, and memory per
+//! connection at full window.
+//!
+//! Run: `cargo bench --bench rudp_sim` (add `-- --quick` for shorter runs).
+
+use chunkswarm::rudp::impair::ImpairConfig;
+use chunkswarm::rudp::sim::{LinkConfig, Sim};
+use chunkswarm::rudp::{CcKind, Config, ConnectionHandle, Endpoint, Event};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const MSG: usize = 100 * 1024;
+/// The application keeps at least this much queued (a bulk sender).
+const BACKLOG: usize = 4 << 20;
+
+fn bottleneck(loss: f64) -> LinkConfig {
+    let mut l = LinkConfig::bottleneck(100, Duration::from_millis(20));
+    l.impair = ImpairConfig {
+        loss,
+        ..Default::default()
+    };
+    l
+}
+
+/// The reverse path: same delay, no loss, ample capacity for ACKs.
+fn reverse() -> LinkConfig {
+    LinkConfig::bottleneck(100, Duration::from_millis(20))
+}
+
+struct Flow {
+    from: SocketAddr,
+    to: SocketAddr,
+    handle: ConnectionHandle,
+    delivered: u64,
+}
+
+struct Run {
+    goodput_mbps: Vec<f64>,
+    max_mem_sender: usize,
+    max_mem_receiver: usize,
+    retransmitted: u64,
+    lost: u64,
+}
+
+/// Runs `flows` bulk transfers for `secs` of virtual time; goodput counts
+/// bytes delivered to the receiving application after a warm-up of `warm`.
+fn run(cc: CcKind, loss: f64, nflows: usize, secs: u64, warm: u64, seed: u64) -> Run {
+    let mut sim = Sim::new(seed);
+    let src_ip = "10.0.0.1".parse().unwrap();
+    let dst_ip = "10.0.0.2".parse().unwrap();
+    sim.set_host_link(src_ip, dst_ip, bottleneck(loss));
+    sim.set_host_link(dst_ip, src_ip, reverse());
+    let cfg = Config {
+        cc,
+        ..Config::default()
+    };
+    let mut flows = Vec::new();
+    for i in 0..nflows {
+        let from = SocketAddr::new(src_ip, 7000 + i as u16);
+        let to = SocketAddr::new(dst_ip, 7000 + i as u16);
+        sim.add_node(from, Endpoint::new(cfg.clone(), seed * 100 + i as u64));
+        sim.add_node(to, Endpoint::new(cfg.clone(), seed * 100 + 50 + i as u64));
+        let now = sim.now();
+        let handle = sim.endpoint(from).connect(now, to);
+        flows.push(Flow {
+            from,
+            to,
+            handle,
+            delivered: 0,
+        });
+    }
+    let mut max_mem_sender = 0;
+    let mut max_mem_receiver = 0;
+    let mut warm_marks = vec![0u64; nflows];
+    let mut warmed = false;
+    sim.run_until(Duration::from_secs(secs), |sim| {
+        if !warmed && sim.elapsed() >= Duration::from_secs(warm) {
+            warmed = true;
+            for (i, f) in flows.iter().enumerate() {
+                warm_marks[i] = f.delivered;
+            }
+        }
+        for f in flows.iter_mut() {
+            let ep = sim.endpoint(f.from);
+            while ep.send_backlog(f.handle) < BACKLOG {
+                if ep.send(f.handle, vec![0x5a; MSG], false).is_err() {
+                    break;
+                }
+            }
+            while ep.poll_event().is_some() {}
+            max_mem_sender = max_mem_sender.max(ep.memory_usage(f.handle).unwrap_or(0));
+            let ep = sim.endpoint(f.to);
+            while let Some((_, e)) = ep.poll_event() {
+                if let Event::Message(m) = e {
+                    f.delivered += m.len() as u64;
+                }
+            }
+            for h in ep.connections() {
+                max_mem_receiver = max_mem_receiver.max(ep.memory_usage(h).unwrap_or(0));
+            }
+        }
+        false
+    });
+    let span = (secs - warm) as f64;
+    let mut retransmitted = 0;
+    let mut lost = 0;
+    for f in &flows {
+        if let Some(st) = sim.endpoint(f.from).stats(f.handle) {
+            retransmitted += st.packets_retransmitted;
+            lost += st.packets_lost;
+        }
+    }
+    Run {
+        goodput_mbps: flows
+            .iter()
+            .zip(&warm_marks)
+            .map(|(f, w)| (f.delivered - w) as f64 * 8.0 / span / 1e6)
+            .collect(),
+        max_mem_sender,
+        max_mem_receiver,
+        retransmitted,
+        lost,
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (secs, warm) = if quick { (10, 2) } else { (30, 5) };
+    println!("rudp on a simulated 100 Mbit/s path, 40 ms RTT, one-BDP (500 kB) drop-tail queue");
+    println!("goodput = application bytes delivered from t={warm}s to t={secs}s (virtual time)");
+    println!();
+    println!("| controller | loss | goodput (Mbit/s) | lost pkts | retransmitted pkts | max mem sender / receiver |");
+    println!("|---|---|---|---|---|---|");
+    for cc in [CcKind::Bbr, CcKind::NewReno] {
+        for loss in [0.0, 0.01, 0.05, 0.10] {
+            let r = run(cc, loss, 1, secs, warm, 1);
+            println!(
+                "| {cc} | {:.0}% | {:.1} | {} | {} | {:.1} MB / {:.1} MB |",
+                loss * 100.0,
+                r.goodput_mbps[0],
+                r.lost,
+                r.retransmitted,
+                r.max_mem_sender as f64 / 1e6,
+                r.max_mem_receiver as f64 / 1e6,
+            );
+        }
+    }
+    println!();
+    println!("| two flows, one bottleneck | flow 1 (Mbit/s) | flow 2 (Mbit/s) | ratio |");
+    println!("|---|---|---|---|");
+    for cc in [CcKind::Bbr, CcKind::NewReno] {
+        for loss in [0.0, 0.01] {
+            let r = run(cc, loss, 2, secs, warm, 2);
+            let (x, y) = (r.goodput_mbps[0], r.goodput_mbps[1]);
+            println!(
+                "| {cc}, {:.0}% loss | {x:.1} | {y:.1} | {:.2} |",
+                loss * 100.0,
+                x.min(y) / x.max(y).max(1e-9)
+            );
+        }
+    }
+}
