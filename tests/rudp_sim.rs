@@ -42,11 +42,22 @@ fn transfer(
     msg_len: usize,
     cc: CcKind,
 ) -> Result<Outcome, String> {
-    let mut sim = Sim::new(seed);
     let cfg = Config {
         cc,
         ..Config::default()
     };
+    transfer_with(seed, ab, ba, total, msg_len, cfg)
+}
+
+fn transfer_with(
+    seed: u64,
+    ab: LinkConfig,
+    ba: LinkConfig,
+    total: usize,
+    msg_len: usize,
+    cfg: Config,
+) -> Result<Outcome, String> {
+    let mut sim = Sim::new(seed);
     sim.add_node(addr_a(), Endpoint::new(cfg.clone(), seed));
     sim.add_node(addr_b(), Endpoint::new(cfg, seed.wrapping_add(1)));
     sim.set_link(addr_a(), addr_b(), ab);
@@ -102,6 +113,12 @@ fn transfer(
             "only {} of {count} messages after {:?}",
             seen.len(),
             sim.elapsed()
+        ));
+    }
+    if sim.oversize_datagrams() > 0 {
+        return Err(format!(
+            "{} datagrams above the MTU",
+            sim.oversize_datagrams()
         ));
     }
     let st = sim.endpoint(addr_a()).stats(h).ok_or("no stats")?;
@@ -180,9 +197,9 @@ fn conditions() -> Vec<(&'static str, LinkConfig, LinkConfig)> {
 }
 
 const SEEDS: u64 = 50;
-/// Per-seed transfer of the sweeps (kept small so 500 runs take seconds);
-/// each condition also gets one full 10 MB run below.
-const SWEEP_BYTES: usize = 256 * 1024;
+/// Per-seed transfer of the sweeps (1 MiB, so that the 500 runs take
+/// seconds); each condition also gets one full 10 MB run below.
+const SWEEP_BYTES: usize = 1024 * 1024;
 
 fn sweep(cond: usize, cc: CcKind) {
     let (name, ab, ba) = conditions().swap_remove(cond);
@@ -263,6 +280,25 @@ fn newreno_delivers_under_loss_too() {
 }
 
 #[test]
+fn smallest_mtu_is_respected_under_loss() {
+    let cfg = Config {
+        max_udp_payload: chunkswarm::rudp::MIN_UDP_PAYLOAD,
+        ..Config::default()
+    };
+    for seed in 0..10 {
+        transfer_with(
+            seed,
+            link(0.05),
+            link(0.05),
+            SWEEP_BYTES,
+            20_000,
+            cfg.clone(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
 fn clean_link_needs_no_retransmission() {
     let o = transfer(1, link(0.0), link(0.0), 1 << 20, 100 * 1024, CcKind::Bbr).unwrap();
     assert_eq!((o.retransmitted, o.lost), (0, 0), "{o:?}");
@@ -270,11 +306,22 @@ fn clean_link_needs_no_retransmission() {
 
 // ----- regression seeds (each failed once; the fix is named) -----
 
+/// The sweep size when these seeds failed (the loss draws depend on it).
+const REGRESSION_BYTES: usize = 256 * 1024;
+
 /// The INITIAL with a cookie was lost and the retry came after the cookie
 /// expired: the responder dropped it silently. Fix: answer a stale cookie with a fresh RETRY.
 #[test]
 fn regression_loss10_seed25_expired_cookie() {
-    transfer(25, link(0.10), link(0.10), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
+    transfer(
+        25,
+        link(0.10),
+        link(0.10),
+        REGRESSION_BYTES,
+        20_000,
+        CcKind::Bbr,
+    )
+    .unwrap();
 }
 
 /// The responder's ACCEPT was lost and its PTO probes carried only PINGs,
@@ -282,12 +329,28 @@ fn regression_loss10_seed25_expired_cookie() {
 /// the control frames of the packets they probe.
 #[test]
 fn regression_loss30_seed1_accept_not_in_probe() {
-    transfer(1, link(0.30), link(0.30), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
+    transfer(
+        1,
+        link(0.30),
+        link(0.30),
+        REGRESSION_BYTES,
+        20_000,
+        CcKind::Bbr,
+    )
+    .unwrap();
 }
 
 /// INITIAL backoff doubled without bound, so 30% loss each way ran out the
 /// idle timer after five attempts. Fix: cap the backoff, restart it on RETRY.
 #[test]
 fn regression_loss30_seed22_handshake_backoff() {
-    transfer(22, link(0.30), link(0.30), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
+    transfer(
+        22,
+        link(0.30),
+        link(0.30),
+        REGRESSION_BYTES,
+        20_000,
+        CcKind::Bbr,
+    )
+    .unwrap();
 }
