@@ -255,28 +255,31 @@ fn sweep_asymmetric() {
     sweep(9, CcKind::Bbr);
 }
 
+/// Ten seeds of the sweep transfer with `cfg` over `ab`/`ba`.
+fn ten_seeds(ab: LinkConfig, ba: LinkConfig, cfg: Config) {
+    for seed in 0..10 {
+        let r = transfer_with(
+            seed,
+            ab.clone(),
+            ba.clone(),
+            SWEEP_BYTES,
+            20_000,
+            cfg.clone(),
+        );
+        if let Err(e) = r {
+            panic!("seed {seed}: {e}");
+        }
+    }
+}
+
 #[test]
 fn newreno_delivers_under_loss_too() {
-    for seed in 0..10 {
-        transfer(
-            seed,
-            link(0.05),
-            link(0.05),
-            SWEEP_BYTES,
-            20_000,
-            CcKind::NewReno,
-        )
-        .unwrap();
-        transfer(
-            seed,
-            bursty(),
-            bursty(),
-            SWEEP_BYTES,
-            20_000,
-            CcKind::NewReno,
-        )
-        .unwrap();
-    }
+    let cfg = Config {
+        cc: CcKind::NewReno,
+        ..Config::default()
+    };
+    ten_seeds(link(0.05), link(0.05), cfg.clone());
+    ten_seeds(bursty(), bursty(), cfg);
 }
 
 #[test]
@@ -285,17 +288,7 @@ fn smallest_mtu_is_respected_under_loss() {
         max_udp_payload: chunkswarm::rudp::MIN_UDP_PAYLOAD,
         ..Config::default()
     };
-    for seed in 0..10 {
-        transfer_with(
-            seed,
-            link(0.05),
-            link(0.05),
-            SWEEP_BYTES,
-            20_000,
-            cfg.clone(),
-        )
-        .unwrap();
-    }
+    ten_seeds(link(0.05), link(0.05), cfg);
 }
 
 #[test]
@@ -306,22 +299,25 @@ fn clean_link_needs_no_retransmission() {
 
 // ----- regression seeds (each failed once; the fix is named) -----
 
-/// The sweep size when these seeds failed (the loss draws depend on it).
-const REGRESSION_BYTES: usize = 256 * 1024;
+/// Replays a failed run: BBR, `loss` each way, 256 kB (the sweep size when
+/// these seeds failed; the loss draws depend on it).
+fn regression(seed: u64, loss: f64) {
+    transfer(
+        seed,
+        link(loss),
+        link(loss),
+        256 * 1024,
+        20_000,
+        CcKind::Bbr,
+    )
+    .unwrap();
+}
 
 /// The INITIAL with a cookie was lost and the retry came after the cookie
 /// expired: the responder dropped it silently. Fix: answer a stale cookie with a fresh RETRY.
 #[test]
 fn regression_loss10_seed25_expired_cookie() {
-    transfer(
-        25,
-        link(0.10),
-        link(0.10),
-        REGRESSION_BYTES,
-        20_000,
-        CcKind::Bbr,
-    )
-    .unwrap();
+    regression(25, 0.10);
 }
 
 /// The responder's ACCEPT was lost and its PTO probes carried only PINGs,
@@ -329,28 +325,12 @@ fn regression_loss10_seed25_expired_cookie() {
 /// the control frames of the packets they probe.
 #[test]
 fn regression_loss30_seed1_accept_not_in_probe() {
-    transfer(
-        1,
-        link(0.30),
-        link(0.30),
-        REGRESSION_BYTES,
-        20_000,
-        CcKind::Bbr,
-    )
-    .unwrap();
+    regression(1, 0.30);
 }
 
 /// INITIAL backoff doubled without bound, so 30% loss each way ran out the
 /// idle timer after five attempts. Fix: cap the backoff, restart it on RETRY.
 #[test]
 fn regression_loss30_seed22_handshake_backoff() {
-    transfer(
-        22,
-        link(0.30),
-        link(0.30),
-        REGRESSION_BYTES,
-        20_000,
-        CcKind::Bbr,
-    )
-    .unwrap();
+    regression(22, 0.30);
 }
