@@ -307,6 +307,12 @@ impl Topology {
         let method = match spec.method {
             ImpairMethod::Auto if self.has_netem() => ImpairMethod::Netem,
             ImpairMethod::Auto => ImpairMethod::Nfqueue,
+            ImpairMethod::Netem if !self.has_netem() => {
+                return Err(LabError::Setup(
+                    "this kernel has no netem qdisc (sch_netem); use --impair nfqueue or auto"
+                        .into(),
+                ))
+            }
             m => m,
         };
         self.method = Some(method);

@@ -235,6 +235,11 @@ impl Bbr {
         }
     }
 
+    /// The BBRv2-style inflight bound, if a congested round has set one.
+    pub fn inflight_hi(&self) -> Option<u64> {
+        (self.inflight_hi != u64::MAX).then_some(self.inflight_hi)
+    }
+
     pub fn btl_bw(&self) -> u64 {
         self.bw_rounds.iter().copied().max().unwrap_or(0)
     }
@@ -617,6 +622,78 @@ mod tests {
         // A second loss of a packet sent before recovery began: no second cut.
         c.on_loss(&loss(t + Duration::from_millis(2)), &rtt);
         assert_eq!(c.window(), w1);
+    }
+
+    /// Feeds `rounds` rounds of 100 acked packets each, every one with RTT
+    /// `rtt_ms`, losing `loss_every`-th packets; returns the time reached.
+    fn bbr_rounds(
+        bbr: &mut Bbr,
+        rtt: &mut RttEstimator,
+        t: Instant,
+        rtt_ms: u64,
+        loss_every: u64,
+        rounds: u64,
+    ) -> Instant {
+        let mss = 1400;
+        let mut now = t;
+        for _ in 0..rounds {
+            for i in 0..100u64 {
+                now += Duration::from_micros(200);
+                rtt.update(Duration::from_millis(rtt_ms), Duration::ZERO);
+                if loss_every > 0 && i % loss_every == 0 {
+                    bbr.on_loss(
+                        &LossEvent {
+                            now,
+                            bytes_lost: mss,
+                            packets_lost: 1,
+                            largest_sent_time: now,
+                            persistent: false,
+                            in_flight: 100 * mss,
+                        },
+                        rtt,
+                    );
+                }
+                let delivered = bbr.round * 100 * mss + (i + 1) * mss;
+                bbr.on_ack(
+                    &AckEvent {
+                        now,
+                        bytes_acked: mss,
+                        largest_sent_time: now,
+                        in_flight: 100 * mss,
+                        rate: Some(RateSample {
+                            delivery_rate: 7_000_000,
+                            // Sent one round ago: each round's first ack starts a new round.
+                            prior_delivered: if i == 0 { bbr.next_round_delivered } else { 0 },
+                            delivered,
+                            interval: Duration::from_millis(rtt_ms),
+                            app_limited: false,
+                        }),
+                    },
+                    rtt,
+                );
+            }
+        }
+        now
+    }
+
+    #[test]
+    fn bbr_ignores_random_loss_but_backs_off_from_a_full_queue() {
+        let mut bbr = Bbr::new(1400);
+        let mut rtt = RttEstimator::new();
+        let t = t0();
+        // Clean rounds at 20 ms, then 5% loss with no queue: not congestion.
+        let t = bbr_rounds(&mut bbr, &mut rtt, t, 20, 0, 10);
+        let t = bbr_rounds(&mut bbr, &mut rtt, t, 20, 20, 10);
+        assert_eq!(bbr.inflight_hi(), None);
+        let cwnd = bbr.window();
+        assert!(cwnd >= 2 * 7_000_000 / 50, "cwnd {cwnd} below 2 x BDP");
+        // The same loss with every RTT sample doubled (a full queue): back off.
+        bbr_rounds(&mut bbr, &mut rtt, t, 40, 20, 3);
+        let hi = bbr
+            .inflight_hi()
+            .expect("a congested round sets inflight_hi");
+        assert!(hi < 100 * 1400, "{hi}");
+        assert!(bbr.window() <= hi);
     }
 
     #[test]

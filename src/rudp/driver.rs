@@ -56,8 +56,10 @@ pub fn now() -> Instant {
 const TRANSMIT_BATCH: usize = 256;
 /// Datagrams taken from the endpoint per `flush` before yielding to the loop.
 const FLUSH_BUDGET: usize = 4096;
-/// Datagrams read per `recv` before yielding to the loop.
-const RECV_BUDGET: usize = 2048;
+/// Datagrams read per `recv` before yielding to the loop (one `recvmmsg` may
+/// deliver more). Small, so that the acknowledgements the endpoint owes go
+/// out soon: on loopback 2048 gave 4.4–6.7 Gbit/s, 64 gave 8.1–10.7.
+const RECV_BUDGET: usize = 64;
 /// While the socket buffer is full, timers are not checked more often than this.
 const BLOCKED_BACKOFF: Duration = Duration::from_millis(1);
 
