@@ -366,6 +366,12 @@ impl PeerLoop {
                     "{name}: {peer} served too many corrupted chunks; never asking it again"
                 ));
             }
+            NodeEvent::UploadDone { file } => {
+                let (name, count) = self.name_of(&file);
+                self.say(format!(
+                    "upload {name}: all {count} chunks handed out; still serving as the source of last resort"
+                ));
+            }
             NodeEvent::Complete { file, path } => self.completed(now, &file, &path),
             NodeEvent::StorageFailed { file, reason } => {
                 let (name, _) = self.name_of(&file);
