@@ -105,6 +105,14 @@ impl Frags {
     }
 }
 
+/// Which control frames a packet carried (resent if it is lost).
+#[derive(Debug, Clone, Copy, Default)]
+struct Control {
+    max_data: bool,
+    accept: bool,
+    close: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SentState {
     InFlight,
@@ -234,7 +242,7 @@ pub struct Connection {
     stats: Stats,
 }
 
-/// What a frame-level problem in a validated datagram means.
+/// Why a validated packet was not processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ignored {
     Duplicate,
@@ -413,7 +421,7 @@ impl Connection {
         Ok(())
     }
 
-    pub fn close(&mut self, now: Instant) {
+    pub fn close(&mut self) {
         match self.state {
             State::Handshaking if self.remote_cid.is_none() && self.out_msgs.is_empty() => {
                 self.close_with(ConnectionError::LocallyClosed)
@@ -425,13 +433,13 @@ impl Connection {
             State::Handshaking | State::Established => {
                 self.close_requested = true;
                 self.state = State::Closing;
-                self.maybe_queue_close(now);
+                self.maybe_queue_close();
             }
             _ => {}
         }
     }
 
-    fn maybe_queue_close(&mut self, _now: Instant) {
+    fn maybe_queue_close(&mut self) {
         if self.state == State::Closing && !self.close_sent && self.out_msgs.is_empty() {
             self.close_pending = true;
             self.close_sent = true;
@@ -513,14 +521,16 @@ impl Connection {
         }
         self.stats.packets_received += 1;
         self.stats.bytes_received += size as u64;
+        if self.state == State::Draining {
+            // Closed already: only acknowledge (a retransmitted CLOSE, most likely).
+            self.record_received(now, pn);
+            self.ack_now = true;
+            return Ok(());
+        }
         self.timers.set(Timer::Idle, now + self.config.idle_timeout);
         let mut eliciting = false;
         let largest_before = self.recv_pns.max();
-        self.recv_pns.insert_one(pn);
-        self.recv_pns.keep_highest(MAX_ACK_RANGES);
-        if self.largest_recv.is_none_or(|(l, _)| pn > l) {
-            self.largest_recv = Some((pn, now));
-        }
+        self.record_received(now, pn);
         for f in Frames::new(payload).flatten() {
             eliciting |= f.is_ack_eliciting();
             match f {
@@ -563,8 +573,17 @@ impl Connection {
                 self.timers.set(Timer::Ack, now + MAX_ACK_DELAY);
             }
         }
-        self.maybe_queue_close(now);
+        self.maybe_queue_close();
         Ok(())
+    }
+
+    /// Notes packet number `pn` for the next ACK's SACK ranges.
+    fn record_received(&mut self, now: Instant, pn: u64) {
+        self.recv_pns.insert_one(pn);
+        self.recv_pns.keep_highest(MAX_ACK_RANGES);
+        if self.largest_recv.is_none_or(|(l, _)| pn > l) {
+            self.largest_recv = Some((pn, now));
+        }
     }
 
     fn on_close_frame(&mut self, now: Instant, _reason: u8) {
@@ -768,7 +787,7 @@ impl Connection {
         }
         self.prune_sent(now);
         self.set_loss_timer();
-        self.maybe_queue_close(now);
+        self.maybe_queue_close();
         if self.close_was_acked {
             self.close_with(ConnectionError::LocallyClosed);
         }
@@ -1125,16 +1144,7 @@ impl Connection {
             return None;
         }
         packet::finish_packet(buf);
-        self.record_sent(
-            now,
-            buf.len(),
-            false,
-            Frags::None,
-            false,
-            false,
-            false,
-            false,
-        );
+        self.record_sent(now, buf.len(), false, Frags::None, Control::default());
         Some(buf.len())
     }
 
@@ -1275,16 +1285,12 @@ impl Connection {
         if retransmitted {
             self.stats.packets_retransmitted += 1;
         }
-        self.record_sent(
-            now,
-            buf.len(),
-            true,
-            stored,
-            has_max_data,
-            has_accept,
-            has_close,
-            retransmitted,
-        );
+        let control = Control {
+            max_data: has_max_data,
+            accept: has_accept,
+            close: has_close,
+        };
+        self.record_sent(now, buf.len(), true, stored, control);
         buf.len()
     }
 
@@ -1304,17 +1310,13 @@ impl Connection {
         self.out_msgs.get(i as usize)?.as_ref()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn record_sent(
         &mut self,
         now: Instant,
         size: usize,
         ack_eliciting: bool,
         frags: Frags,
-        has_max_data: bool,
-        has_accept: bool,
-        has_close: bool,
-        _retransmitted: bool,
+        control: Control,
     ) {
         let rate = if ack_eliciting {
             self.rate.on_sent(now, self.in_flight)
@@ -1326,9 +1328,9 @@ impl Connection {
             size: size as u16,
             ack_eliciting,
             state: SentState::InFlight,
-            has_max_data,
-            has_accept,
-            has_close,
+            has_max_data: control.max_data,
+            has_accept: control.accept,
+            has_close: control.close,
             frags,
             rate,
         });

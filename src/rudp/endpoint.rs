@@ -104,7 +104,10 @@ impl fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
-/// Per-connection statistics.
+/// Per-connection statistics. Byte and packet counts are of whole UDP
+/// payloads (headers, ACKs and retransmissions included) except
+/// `bytes_delivered`; `packets_lost` counts ack-eliciting packets declared
+/// lost; `packets_retransmitted` counts packets that carried resent data.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     pub bytes_sent: u64,
@@ -476,10 +479,12 @@ impl Endpoint {
         self.conns.get(&handle).map_or(0, |c| c.send_backlog())
     }
 
-    /// Starts a graceful close.
-    pub fn close(&mut self, now: Instant, handle: ConnectionHandle) {
+    /// Starts a graceful close: queued messages are delivered first, then a
+    /// CLOSE goes out (its sending is driven by `poll_transmit`, so `now` is
+    /// not needed here).
+    pub fn close(&mut self, _now: Instant, handle: ConnectionHandle) {
         if let Some(c) = self.conns.get_mut(&handle) {
-            c.close(now);
+            c.close();
         }
         self.collect(handle);
     }

@@ -23,8 +23,18 @@ use std::time::{Duration, Instant};
 pub const MESSAGE_SIZE: usize = 100 * 1024;
 /// Default port of `rudp-perf server` (UDP for rudp, TCP for `--tcp`).
 pub const DEFAULT_PORT: u16 = 7000;
-/// Bytes a client keeps queued in rudp ahead of acknowledgements.
+/// Most bytes a client keeps queued in rudp ahead of acknowledgements. The
+/// backlog also follows the congestion window (see `send_backlog_limit`), so
+/// that a slow path does not leave many seconds of data queued at `--time`'s end.
 const SEND_BACKLOG: usize = 8 << 20;
+
+/// Two congestion windows plus two messages, at most `SEND_BACKLOG`.
+fn send_backlog_limit(cwnd: u64) -> usize {
+    let cwnd = usize::try_from(cwnd).unwrap_or(SEND_BACKLOG);
+    cwnd.saturating_mul(2)
+        .saturating_add(2 * MESSAGE_SIZE)
+        .min(SEND_BACKLOG)
+}
 /// How long a client waits for the handshake and for the final report.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 const REPORT_LIMIT: Duration = Duration::from_secs(30);
@@ -340,7 +350,7 @@ impl Verifier {
     /// Records `seq`; false if it was already seen. Sequence numbers beyond a
     /// sane bound count as bad rather than growing memory.
     fn mark_seen(&mut self, seq: u64) -> bool {
-        const MAX_SEQ: u64 = 1 << 32;
+        const MAX_SEQ: u64 = 1 << 27; // a 16 MiB bitmap at most
         if seq >= MAX_SEQ {
             return false;
         }
@@ -708,7 +718,8 @@ fn run_rudp_client(
                 });
                 ep.send(h, done, true).map_err(PerfError::Send)?;
             } else {
-                while ep.send_backlog(h) < SEND_BACKLOG {
+                let limit = send_backlog_limit(ep.stats(h).map_or(0, |s| s.cwnd));
+                while ep.send_backlog(h) < limit {
                     if let Amount::Bytes(b) = opts.amount {
                         if sent_bytes >= b {
                             break;
