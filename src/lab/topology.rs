@@ -309,7 +309,8 @@ impl Topology {
             ImpairMethod::Auto => ImpairMethod::Nfqueue,
             ImpairMethod::Netem if !self.has_netem() => {
                 return Err(LabError::Setup(
-                    "this kernel has no netem qdisc (sch_netem); use --impair nfqueue or auto".into(),
+                    "this kernel has no netem qdisc (sch_netem); use --impair nfqueue or auto"
+                        .into(),
                 ))
             }
             m => m,
