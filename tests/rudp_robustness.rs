@@ -477,3 +477,84 @@ proptest! {
         }
     }
 }
+
+/// Connects A to B by hand; returns the endpoints, A's handle and the time.
+fn connected_by_hand() -> (Endpoint, Endpoint, ConnectionHandle, Instant) {
+    let mut now = t0();
+    let mut ea = Endpoint::new(Config::default(), 21);
+    let mut eb = Endpoint::new(Config::default(), 22);
+    let h = ea.connect(now, b());
+    for _ in 0..10 {
+        for (_, d) in out(&mut ea, now) {
+            eb.handle_datagram(now, a(), &d);
+        }
+        for (_, d) in out(&mut eb, now) {
+            ea.handle_datagram(now, b(), &d);
+        }
+        now += Duration::from_millis(30);
+        ea.handle_timeout(now);
+        eb.handle_timeout(now);
+    }
+    assert!(matches!(ea.poll_event(), Some((_, Event::Connected))));
+    assert!(matches!(eb.poll_event(), Some((_, Event::Connected))));
+    (ea, eb, h, now)
+}
+
+fn messages(ep: &mut Endpoint) -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    while let Some((_, e)) = ep.poll_event() {
+        if let Event::Message(m) = e {
+            v.push(m);
+        }
+    }
+    v
+}
+
+#[test]
+fn a_lost_datagram_holds_back_only_its_own_message() {
+    for ordered in [false, true] {
+        let (mut ea, mut eb, h, mut now) = connected_by_hand();
+        let first = vec![1u8; 5000];
+        let second = vec![2u8; 100];
+        ea.send(h, first.clone(), ordered).unwrap();
+        ea.send(h, second.clone(), ordered).unwrap();
+        let sent = out(&mut ea, now);
+        assert!(sent.len() >= 4, "{}", sent.len());
+        // Lose the first datagram (the start of `first`), deliver the rest.
+        for (_, d) in &sent[1..] {
+            eb.handle_datagram(now, a(), d);
+        }
+        let got = messages(&mut eb);
+        if ordered {
+            assert!(got.is_empty(), "ordered: nothing before the first message");
+        } else {
+            assert_eq!(
+                got,
+                vec![second.clone()],
+                "unordered: the second is not held back"
+            );
+        }
+        // Recovery: keep exchanging until the first message arrives.
+        let mut all = got;
+        for _ in 0..100 {
+            for (_, d) in out(&mut eb, now) {
+                ea.handle_datagram(now, b(), &d);
+            }
+            for (_, d) in out(&mut ea, now) {
+                eb.handle_datagram(now, a(), &d);
+            }
+            all.extend(messages(&mut eb));
+            now += Duration::from_millis(10);
+            ea.handle_timeout(now);
+            eb.handle_timeout(now);
+        }
+        let want = if ordered {
+            vec![first.clone(), second.clone()]
+        } else {
+            vec![second.clone(), first.clone()]
+        };
+        assert_eq!(all, want, "ordered={ordered}");
+        assert_eq!(ea.send_backlog(h), 0);
+        assert!(ea.stats(h).unwrap().packets_retransmitted >= 1);
+    }
+}

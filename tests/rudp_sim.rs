@@ -42,11 +42,22 @@ fn transfer(
     msg_len: usize,
     cc: CcKind,
 ) -> Result<Outcome, String> {
-    let mut sim = Sim::new(seed);
     let cfg = Config {
         cc,
         ..Config::default()
     };
+    transfer_with(seed, ab, ba, total, msg_len, cfg)
+}
+
+fn transfer_with(
+    seed: u64,
+    ab: LinkConfig,
+    ba: LinkConfig,
+    total: usize,
+    msg_len: usize,
+    cfg: Config,
+) -> Result<Outcome, String> {
+    let mut sim = Sim::new(seed);
     sim.add_node(addr_a(), Endpoint::new(cfg.clone(), seed));
     sim.add_node(addr_b(), Endpoint::new(cfg, seed.wrapping_add(1)));
     sim.set_link(addr_a(), addr_b(), ab);
@@ -102,6 +113,12 @@ fn transfer(
             "only {} of {count} messages after {:?}",
             seen.len(),
             sim.elapsed()
+        ));
+    }
+    if sim.oversize_datagrams() > 0 {
+        return Err(format!(
+            "{} datagrams above the MTU",
+            sim.oversize_datagrams()
         ));
     }
     let st = sim.endpoint(addr_a()).stats(h).ok_or("no stats")?;
@@ -180,9 +197,9 @@ fn conditions() -> Vec<(&'static str, LinkConfig, LinkConfig)> {
 }
 
 const SEEDS: u64 = 50;
-/// Per-seed transfer of the sweeps (kept small so 500 runs take seconds);
-/// each condition also gets one full 10 MB run below.
-const SWEEP_BYTES: usize = 256 * 1024;
+/// Per-seed transfer of the sweeps (1 MiB, so that the 500 runs take
+/// seconds); each condition also gets one full 10 MB run below.
+const SWEEP_BYTES: usize = 1024 * 1024;
 
 fn sweep(cond: usize, cc: CcKind) {
     let (name, ab, ba) = conditions().swap_remove(cond);
@@ -238,28 +255,40 @@ fn sweep_asymmetric() {
     sweep(9, CcKind::Bbr);
 }
 
+/// Ten seeds of the sweep transfer with `cfg` over `ab`/`ba`.
+fn ten_seeds(ab: LinkConfig, ba: LinkConfig, cfg: Config) {
+    for seed in 0..10 {
+        let r = transfer_with(
+            seed,
+            ab.clone(),
+            ba.clone(),
+            SWEEP_BYTES,
+            20_000,
+            cfg.clone(),
+        );
+        if let Err(e) = r {
+            panic!("seed {seed}: {e}");
+        }
+    }
+}
+
 #[test]
 fn newreno_delivers_under_loss_too() {
-    for seed in 0..10 {
-        transfer(
-            seed,
-            link(0.05),
-            link(0.05),
-            SWEEP_BYTES,
-            20_000,
-            CcKind::NewReno,
-        )
-        .unwrap();
-        transfer(
-            seed,
-            bursty(),
-            bursty(),
-            SWEEP_BYTES,
-            20_000,
-            CcKind::NewReno,
-        )
-        .unwrap();
-    }
+    let cfg = Config {
+        cc: CcKind::NewReno,
+        ..Config::default()
+    };
+    ten_seeds(link(0.05), link(0.05), cfg.clone());
+    ten_seeds(bursty(), bursty(), cfg);
+}
+
+#[test]
+fn smallest_mtu_is_respected_under_loss() {
+    let cfg = Config {
+        max_udp_payload: chunkswarm::rudp::MIN_UDP_PAYLOAD,
+        ..Config::default()
+    };
+    ten_seeds(link(0.05), link(0.05), cfg);
 }
 
 #[test]
@@ -270,11 +299,25 @@ fn clean_link_needs_no_retransmission() {
 
 // ----- regression seeds (each failed once; the fix is named) -----
 
+/// Replays a failed run: BBR, `loss` each way, 256 kB (the sweep size when
+/// these seeds failed; the loss draws depend on it).
+fn regression(seed: u64, loss: f64) {
+    transfer(
+        seed,
+        link(loss),
+        link(loss),
+        256 * 1024,
+        20_000,
+        CcKind::Bbr,
+    )
+    .unwrap();
+}
+
 /// The INITIAL with a cookie was lost and the retry came after the cookie
 /// expired: the responder dropped it silently. Fix: answer a stale cookie with a fresh RETRY.
 #[test]
 fn regression_loss10_seed25_expired_cookie() {
-    transfer(25, link(0.10), link(0.10), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
+    regression(25, 0.10);
 }
 
 /// The responder's ACCEPT was lost and its PTO probes carried only PINGs,
@@ -282,12 +325,12 @@ fn regression_loss10_seed25_expired_cookie() {
 /// the control frames of the packets they probe.
 #[test]
 fn regression_loss30_seed1_accept_not_in_probe() {
-    transfer(1, link(0.30), link(0.30), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
+    regression(1, 0.30);
 }
 
 /// INITIAL backoff doubled without bound, so 30% loss each way ran out the
 /// idle timer after five attempts. Fix: cap the backoff, restart it on RETRY.
 #[test]
 fn regression_loss30_seed22_handshake_backoff() {
-    transfer(22, link(0.30), link(0.30), SWEEP_BYTES, 20_000, CcKind::Bbr).unwrap();
+    regression(22, 0.30);
 }

@@ -168,6 +168,7 @@ pub struct Sim {
     seq: u64,
     buf: Vec<u8>,
     steps: u64,
+    oversize: u64,
 }
 
 impl Sim {
@@ -190,6 +191,7 @@ impl Sim {
             seq: 0,
             buf: Vec::with_capacity(2048),
             steps: 0,
+            oversize: 0,
         }
     }
 
@@ -204,6 +206,11 @@ impl Sim {
 
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+
+    /// Datagrams an endpoint emitted above its own `max_udp_payload` (a bug if not 0).
+    pub fn oversize_datagrams(&self) -> u64 {
+        self.oversize
     }
 
     pub fn add_node(&mut self, addr: SocketAddr, endpoint: Endpoint) {
@@ -304,6 +311,9 @@ impl Sim {
                     self.buf = buf;
                     break;
                 };
+                if t.len > ep.config().max_udp_payload || t.len != buf.len() {
+                    self.oversize += 1;
+                }
                 let dst = t.destination;
                 let i = self.link_index(src, dst);
                 let link = &mut self.links[i];
