@@ -81,6 +81,8 @@ struct Sim {
     trace: Trace,
     bad: Vec<(usize, ChunkIndex, SocketAddr)>,
     banned: Vec<(usize, SocketAddr)>,
+    /// When the owner reported every chunk handed out.
+    upload_done: Option<Instant>,
     rng: Rng,
     manifest: Manifest,
     data: Vec<u8>,
@@ -118,6 +120,7 @@ impl Sim {
             trace: Vec::new(),
             bad: Vec::new(),
             banned: Vec::new(),
+            upload_done: None,
             rng,
             manifest,
             data,
@@ -344,6 +347,7 @@ impl Sim {
             }
             Action::BadChunk { index, from } => self.bad.push((i, index, from)),
             Action::PeerBanned(p) => self.banned.push((i, p)),
+            Action::UploadDone => self.upload_done = Some(self.now),
             Action::Complete { .. } => self.peers[i].completed_at = Some(self.now),
             Action::StorageFailed(why) => panic!("peer {i}: storage failed: {why}"),
         }
@@ -608,6 +612,11 @@ fn six_peers_complete_and_verify() {
     // The owner sent each chunk about once: the members did the rest.
     let owner = sim.peers[0].swarm.as_ref().unwrap();
     assert_eq!(owner.stats().pushed_chunks, n as u64);
+    let upload_done = sim.upload_done.expect("the owner reported its upload done");
+    assert!(sim
+        .peers
+        .iter()
+        .all(|p| p.completed_at.is_none_or(|t| t >= upload_done)));
     let up = owner_uploads(&sim);
     assert!(
         up >= n && up <= n + n / 4,

@@ -66,6 +66,10 @@ pub enum NodeEvent {
         file: Digest32,
         peer: SocketAddr,
     },
+    /// Owner: every chunk was handed to rudp for one member.
+    UploadDone {
+        file: Digest32,
+    },
     /// Whole file verified and in place; `Node::swarm(file).stats()` has the
     /// per-source counts for the summary.
     Complete {
@@ -378,6 +382,7 @@ impl Node {
                     .push_back(NodeEvent::BadChunk { file, index, from })
             }
             Action::PeerBanned(peer) => self.events.push_back(NodeEvent::PeerBanned { file, peer }),
+            Action::UploadDone => self.events.push_back(NodeEvent::UploadDone { file }),
             Action::Complete { path } => self.events.push_back(NodeEvent::Complete { file, path }),
             Action::StorageFailed(reason) => self
                 .events

@@ -89,6 +89,9 @@ pub enum Action {
     BadChunk { index: ChunkIndex, from: SocketAddr },
     /// The peer served too many bad chunks; it is never asked again.
     PeerBanned(SocketAddr),
+    /// Owner: every chunk of the upload has been handed to the transport
+    /// for its member (each to one); the owner keeps serving requests.
+    UploadDone,
     /// Every chunk verified, the whole file's SHA-256 checked, file in place.
     Complete { path: PathBuf },
     /// Storage failed; the swarm stops downloading.
@@ -195,6 +198,8 @@ pub struct Swarm {
     /// Owner: chunks still to push to each member.
     push_queues: BTreeMap<SocketAddr, VecDeque<ChunkIndex>>,
     upload_started: bool,
+    /// Every pushed chunk was handed to the transport (UploadDone emitted).
+    upload_done: bool,
     /// Last time a neighbour (not the owner) brought something new.
     last_progress: Instant,
     fallback_at: Option<Instant>,
@@ -252,6 +257,7 @@ impl Swarm {
             bad_pairs: BTreeSet::new(),
             push_queues: BTreeMap::new(),
             upload_started: false,
+            upload_done: false,
             last_progress: now,
             fallback_at: None,
             complete: false,
@@ -387,6 +393,7 @@ impl Swarm {
             return Err(SwarmError::NoMembers);
         }
         self.upload_started = true;
+        self.upload_done = false;
         self.push_queues.clear();
         for i in 0..self.manifest.chunk_count() {
             let m = self.members[i as usize % self.members.len()];
@@ -534,13 +541,22 @@ impl Swarm {
             Some(i) => i,
             None => {
                 let q = self.push_queues.get_mut(&peer)?;
-                loop {
-                    let i = q.pop_front()?;
+                let mut next = None;
+                while let Some(i) = q.pop_front() {
                     if !n.has(i) && !n.served.get(i) {
-                        self.stats.pushed_chunks += 1;
-                        break i;
+                        next = Some(i);
+                        break;
                     }
                 }
+                if self.upload_started
+                    && !self.upload_done
+                    && self.push_queues.values().all(|q| q.is_empty())
+                {
+                    self.upload_done = true;
+                    self.actions.push_back(Action::UploadDone);
+                }
+                self.stats.pushed_chunks += next.is_some() as u64;
+                next?
             }
         };
         let mut data = match self.store.read_chunk(index) {
