@@ -103,7 +103,8 @@ struct RunArgs {
     /// Length of each run (seconds, or with a unit: 500ms).
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     secs: Duration,
-    /// Only these rows, comma-separated (rudp-newreno, rudp-bbr, tcp-cubic, tcp-bbr).
+    /// Only these rows, comma-separated (rudp-newreno, rudp-bbr, tcp-cubic, tcp-bbr);
+    /// `none` only measures the path.
     #[arg(long, value_delimiter = ',')]
     protocols: Vec<String>,
     /// The rudp-perf program (default: next to this netlab binary).
@@ -216,6 +217,9 @@ fn protocols(names: &[String]) -> Result<Vec<Protocol>, LabError> {
     let all = Protocol::all();
     if names.is_empty() {
         return Ok(all);
+    }
+    if names == ["none"] {
+        return Ok(Vec::new());
     }
     names
         .iter()

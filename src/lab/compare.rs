@@ -230,8 +230,9 @@ pub fn run_compare(spec: &CompareSpec) -> Result<CompareReport, LabError> {
 
 use super::topology::Host;
 
+/// How long a client may take before its row counts as hung.
 fn client_limit(duration: Duration) -> Duration {
-    duration + Duration::from_secs(30)
+    duration * 2 + Duration::from_secs(10)
 }
 
 /// Starts a server, waits until it prints `ready_line` (or a moment without

@@ -139,6 +139,22 @@ pub fn markdown_table(cells: &[GridCell], protocols: &[String]) -> String {
         }
         s.push('\n');
     }
+    let skipped: Vec<String> = cells
+        .iter()
+        .flat_map(|c| {
+            c.report.skipped.iter().map(move |(p, why)| {
+                format!(
+                    "- RTT {} ms, loss {}: {p} did not run: {why}\n",
+                    c.rtt.as_millis(),
+                    percent(c.loss)
+                )
+            })
+        })
+        .collect();
+    if !skipped.is_empty() {
+        s.push_str("\nA dash is a row that did not run:\n\n");
+        s.extend(skipped);
+    }
     s
 }
 
@@ -270,6 +286,16 @@ mod tests {
         );
         assert_eq!(lines[2], "| 2 ms | 0% | - | 94.0 | 93.0 |");
         assert_eq!(lines[3], "| 2 ms | 0.5% | - | - | 91.3 |");
+        assert_eq!(lines.len(), 4, "nothing was skipped");
+        let mut late = cell(10, 0.2, &[("tcp-bbr", 2.0)]);
+        late.report
+            .skipped
+            .push(("tcp-cubic".into(), "it hung".into()));
+        let t = markdown_table(&[late], &names);
+        assert!(
+            t.ends_with("- RTT 10 ms, loss 20%: tcp-cubic did not run: it hung\n"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub enum LabError {
     },
     Timeout {
         cmd: String,
+        after: std::time::Duration,
     },
     Interrupted,
     Setup(String),
@@ -77,7 +78,9 @@ impl fmt::Display for LabError {
                 let detail = stderr.lines().last().unwrap_or("");
                 write!(f, "`{cmd}` failed with {status}: {detail}")
             }
-            LabError::Timeout { cmd } => write!(f, "`{cmd}` did not finish in time"),
+            LabError::Timeout { cmd, after } => {
+                write!(f, "`{cmd}` did not finish within {} s", after.as_secs())
+            }
             LabError::Interrupted => write!(f, "interrupted; namespaces removed"),
             LabError::Setup(s) => write!(f, "{s}"),
             LabError::BadOutput { tool, detail } => {

@@ -236,6 +236,16 @@ pub struct DelayerReport {
 }
 
 impl DelayerReport {
+    /// Adds another delayer's counts to these.
+    pub fn add(&mut self, other: &DelayerReport) {
+        self.line.seen += other.line.seen;
+        self.line.lost += other.line.lost;
+        self.line.released += other.line.released;
+        self.enobufs += other.enobufs;
+        self.malformed += other.malformed;
+        self.queue_dropped += other.queue_dropped;
+    }
+
     pub fn to_json(&self) -> String {
         format!(
             "{{\"seen\":{},\"lost\":{},\"released\":{},\"enobufs\":{},\"malformed\":{},\"queue_dropped\":{}}}",

@@ -138,7 +138,10 @@ fn output_with(mut cmd: Command, limit: Duration, interruptible: bool) -> Result
             return Err(if stop {
                 LabError::Interrupted
             } else {
-                LabError::Timeout { cmd: what }
+                LabError::Timeout {
+                    cmd: what,
+                    after: limit,
+                }
             });
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -255,6 +258,7 @@ impl Background {
             if Instant::now() >= deadline {
                 return Err(LabError::Timeout {
                     cmd: self.what.clone(),
+                    after: limit,
                 });
             }
             std::thread::sleep(Duration::from_millis(5));

@@ -21,7 +21,8 @@ use super::LabError;
 
 /// Every namespace this tool creates starts with this.
 pub const NAMESPACE_PREFIX: &str = "cs-";
-const ROUTER_QUEUE: u16 = 7;
+/// NFQUEUE number of the delayer on host 0's link (host i uses this + i).
+const FIRST_QUEUE: u16 = 100;
 
 static TOPOLOGY_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -154,7 +155,7 @@ pub struct Topology {
     /// The method actually used (Auto resolved).
     pub method: Option<ImpairMethod>,
     namespaces: Vec<Namespace>,
-    delayer: Option<Background>,
+    delayers: Vec<Background>,
     delayer_report: Option<DelayerReport>,
 }
 
@@ -174,6 +175,34 @@ fn tbf_args(rate: Rate, buffer: Duration) -> Vec<String> {
         "limit".into(),
         limit.to_string(),
     ]
+}
+
+/// The hidden `delayer` subcommand's arguments for one direction.
+fn delayer_args(queue: u16, one_way: &DelaySpec) -> Vec<String> {
+    let mut args = vec![
+        "delayer".to_string(),
+        "--queue".into(),
+        queue.to_string(),
+        "--delay".into(),
+        format!("{}us", one_way.delay.as_micros()),
+        "--jitter".into(),
+        format!("{}us", one_way.jitter.as_micros()),
+        "--seed".into(),
+        one_way.seed.to_string(),
+    ];
+    match one_way.loss {
+        LossModel::Uniform(p) => args.extend(["--loss".into(), p.to_string()]),
+        LossModel::Burst {
+            p_good_bad,
+            p_bad_good,
+        } => args.extend([
+            "--ge-good-bad".into(),
+            p_good_bad.to_string(),
+            "--ge-bad-good".into(),
+            p_bad_good.to_string(),
+        ]),
+    }
+    args
 }
 
 /// `netem` arguments for one direction of `path`, with an optional rate.
@@ -225,7 +254,7 @@ impl Topology {
             hosts: Vec::new(),
             method: None,
             namespaces: Vec::new(),
-            delayer: None,
+            delayers: Vec::new(),
             delayer_report: None,
         };
         if spec.host_names.is_empty() || spec.host_names.len() > 255 {
@@ -325,48 +354,36 @@ impl Topology {
         if spec.path.is_clean() {
             return Ok(());
         }
-        let one_way = spec.path.one_way();
-        let mut args = vec![
-            "delayer".to_string(),
-            "--queue".into(),
-            ROUTER_QUEUE.to_string(),
-            "--delay".into(),
-            format!("{}us", one_way.delay.as_micros()),
-            "--jitter".into(),
-            format!("{}us", one_way.jitter.as_micros()),
-            "--seed".into(),
-            one_way.seed.to_string(),
-        ];
-        match one_way.loss {
-            LossModel::Uniform(p) => args.extend(["--loss".into(), p.to_string()]),
-            LossModel::Burst {
-                p_good_bad,
-                p_bad_good,
-            } => args.extend([
-                "--ge-good-bad".into(),
-                p_good_bad.to_string(),
-                "--ge-bad-good".into(),
-                p_bad_good.to_string(),
-            ]),
-        }
+        // One delayer per link into R, each on its own queue: packets keep their
+        // order per direction (as on a real link), and jitter in one direction
+        // never holds back the other.
         let program = spec.delayer_program.to_string_lossy().into_owned();
-        let mut delayer = Background::spawn(self.router.exec(&program, &args))?;
-        // The queue must have a listener before the rule exists, or every packet is dropped.
-        delayer
-            .wait_for_line(Duration::from_secs(5), |l| l == "ready")
-            .map_err(|e| LabError::Setup(format!("the delayer did not start: {e}")))?;
-        self.delayer = Some(delayer);
-        self.router.run(
-            "iptables",
-            &[
-                "-I",
-                "FORWARD",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                &ROUTER_QUEUE.to_string(),
-            ],
-        )?;
+        for (i, host) in self.hosts.clone().iter().enumerate() {
+            let queue = FIRST_QUEUE + i as u16;
+            let mut one_way = spec.path.one_way();
+            one_way.seed = one_way.seed.wrapping_add(i as u64);
+            let mut delayer =
+                Background::spawn(self.router.exec(&program, &delayer_args(queue, &one_way)))?;
+            // The queue must have a listener before the rule exists, or every packet is dropped.
+            delayer
+                .wait_for_line(Duration::from_secs(5), |l| l == "ready")
+                .map_err(|e| LabError::Setup(format!("the delayer did not start: {e}")))?;
+            self.delayers.push(delayer);
+            let queue = queue.to_string();
+            self.router.run(
+                "iptables",
+                &[
+                    "-I",
+                    "FORWARD",
+                    "-i",
+                    &host.router_link,
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    &queue,
+                ],
+            )?;
+        }
         Ok(())
     }
 
@@ -391,11 +408,16 @@ impl Topology {
         self.hosts.get(i)
     }
 
-    /// Stops the delayer and returns what it counted (None without a delayer).
+    /// Stops the delayers and returns what they counted together (None without delayers).
     pub fn stop_delayer(&mut self) -> Option<DelayerReport> {
-        if let Some(d) = self.delayer.take() {
+        for d in self.delayers.drain(..) {
             let lines = d.stop(Duration::from_secs(2));
-            self.delayer_report = lines.iter().rev().find_map(|l| DelayerReport::from_json(l));
+            if let Some(r) = lines.iter().rev().find_map(|l| DelayerReport::from_json(l)) {
+                let total = self
+                    .delayer_report
+                    .get_or_insert_with(DelayerReport::default);
+                total.add(&r);
+            }
         }
         self.delayer_report
     }
