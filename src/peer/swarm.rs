@@ -98,6 +98,13 @@ pub enum Action {
     StorageFailed(String),
 }
 
+/// Whose file a disk-backed swarm is over (see [`Swarm::on_disk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskRole {
+    Owner,
+    Downloader,
+}
+
 /// How a connection ended, as the transport reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownReason {
@@ -274,39 +281,25 @@ impl Swarm {
         s
     }
 
-    /// The owner's swarm, serving its file `dir/<name>` from disk.
-    pub fn owner_on_disk(
+    /// A swarm over a file in `dir`: the owner serves `dir/<name>`; a
+    /// downloader writes `dir/<name>.part` (resumed if one for this file is
+    /// there) and renames it to `dir/<name>` once verified.
+    pub fn on_disk(
         now: Instant,
         dir: &Path,
+        role: DiskRole,
         manifest: Manifest,
         local: SocketAddr,
         config: SwarmConfig,
         seed: u64,
     ) -> Result<Swarm, StorageError> {
-        let store = DiskStore::open_complete(dir, &manifest)?;
-        let have = ChunkBitmap::full(manifest.chunk_count());
-        Ok(Swarm::new(
-            now,
-            manifest,
-            local,
-            Box::new(store),
-            have,
-            config,
-            seed,
-        ))
-    }
-
-    /// A downloader's swarm writing `dir/<name>.part` (resumed if one for
-    /// this file is there) and renaming it to `dir/<name>` once verified.
-    pub fn download_to_disk(
-        now: Instant,
-        dir: &Path,
-        manifest: Manifest,
-        local: SocketAddr,
-        config: SwarmConfig,
-        seed: u64,
-    ) -> Result<Swarm, StorageError> {
-        let (store, have) = DiskStore::open_download(dir, &manifest)?;
+        let (store, have) = match role {
+            DiskRole::Owner => (
+                DiskStore::open_complete(dir, &manifest)?,
+                ChunkBitmap::full(manifest.chunk_count()),
+            ),
+            DiskRole::Downloader => DiskStore::open_download(dir, &manifest)?,
+        };
         Ok(Swarm::new(
             now,
             manifest,
@@ -1149,9 +1142,11 @@ mod tests {
         std::fs::create_dir_all(&od).unwrap();
         std::fs::create_dir_all(&md).unwrap();
         std::fs::write(od.join("f.bin"), &data).unwrap();
-        let cfg = SwarmConfig::default;
-        let mut o = Swarm::owner_on_disk(now, &od, m.clone(), addr(1), cfg(), 1).unwrap();
-        let mut d = Swarm::download_to_disk(now, &md, m.clone(), addr(2), cfg(), 2).unwrap();
+        let open = |dir: &Path, role, me, seed| {
+            Swarm::on_disk(now, dir, role, m.clone(), me, SwarmConfig::default(), seed).unwrap()
+        };
+        let mut o = open(&od, DiskRole::Owner, addr(1), 1);
+        let mut d = open(&md, DiskRole::Downloader, addr(2), 2);
         assert!(o.have().is_full() && d.have().count() == 0);
         o.on_group(now, Some(addr(1)), &[addr(2)]);
         d.on_group(now, Some(addr(1)), &[addr(2)]);
