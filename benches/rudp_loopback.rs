@@ -1,120 +1,164 @@
 //! Clean loopback, one connection: rudp goodput against a raw UDP blast of
 //! the same datagram size measured in the same run, and TCP for reference.
 //!
-//! `cargo bench --bench rudp_loopback` (RUDP_BENCH_SECS=N per run, default 5;
-//! RUDP_BENCH_CC=newreno to change the controller). Goodput is what the
+//! `cargo bench --bench rudp_loopback` (RUDP_BENCH_SECS=N per run, default 3;
+//! RUDP_BENCH_RUNS=N interleaved runs per case, default 3, the median is shown;
+//! RUDP_BENCH_CC=newreno to change the controller). Server and client are
+//! separate `rudp-perf` processes, as with iperf3. Goodput is what the
 //! receiving application verified, divided by the client's elapsed time.
 //! Two servers run: one with batched I/O (sendmmsg/recvmmsg, UDP GSO/GRO), one
 //! with a system call per datagram (what `iperf3 -u -l 1472` does), so each
 //! rudp figure has a raw baseline with the same I/O path.
 
-use chunkswarm::rudp::driver::perf::{
-    run_client, Amount, ClientOptions, Mode, PerfReport, Server, ServerOptions,
-};
-use chunkswarm::rudp::driver::DriverOptions;
-use chunkswarm::rudp::{CcKind, Config};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The goal of issue 3: rudp at least 70% of the raw blast.
 const GOAL: f64 = 0.70;
+const PERF: &str = env!("CARGO_BIN_EXE_rudp-perf");
 
-fn driver_options(batch: bool) -> DriverOptions {
-    DriverOptions {
-        batch,
-        gso: batch,
-        ..DriverOptions::default()
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(PERF)
+            .args(["server", "--bind", "127.0.0.1", "--port", "0", "-q"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rudp-perf server starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected server output {first:?}"))
+            .to_string();
+        // Keep the pipe drained: the server prints a line per client.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, addr }
     }
 }
 
-fn start_server(batch: bool, stop: &Arc<AtomicBool>) -> (SocketAddr, thread::JoinHandle<()>) {
-    let mut server = Server::bind(ServerOptions {
-        bind: "127.0.0.1:0".parse().expect("address"),
-        config: Config::default(),
-        driver: driver_options(batch),
-        one_off: false,
-        seed: 11,
-    })
-    .unwrap_or_else(|e| panic!("server: {e}"));
-    let addr = server.local_addr();
-    let stop = Arc::clone(stop);
-    let handle = thread::spawn(move || {
-        if let Err(e) = server.serve(&stop, &mut |_| {}) {
-            eprintln!("server: {e}");
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The number after `"key":` in a flat JSON object.
+fn json_number(json: &str, key: &str) -> Option<f64> {
+    let pat = format!("\"{key}\":");
+    let rest = &json[json.find(&pat)? + pat.len()..];
+    rest[..rest.find([',', '}'])?].trim().parse().ok()
+}
+
+/// One client run; returns its JSON line.
+fn client(server: &Server, secs: f64, cc: &str, extra: &[&str]) -> Option<String> {
+    let secs_arg = secs.to_string();
+    let mut child = Command::new(PERF)
+        .args([
+            "client",
+            &server.addr,
+            "--time",
+            &secs_arg,
+            "--cc",
+            cc,
+            "--json",
+            "-q",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("rudp-perf client starts");
+    let limit = Instant::now() + Duration::from_secs_f64(secs + 60.0);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let mut out = String::new();
+                std::io::Read::read_to_string(child.stdout.as_mut()?, &mut out).ok()?;
+                if !status.success() {
+                    eprintln!("client {extra:?} failed: {status}");
+                    return None;
+                }
+                return out.lines().last().map(str::to_string);
+            }
+            Ok(None) if Instant::now() < limit => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("client {extra:?} did not finish");
+                return None;
+            }
         }
-    });
-    (addr, handle)
+    }
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; any other argument filters nothing here.
     let secs: f64 = std::env::var("RUDP_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    let cc: CcKind = std::env::var("RUDP_BENCH_CC")
+        .unwrap_or(3.0);
+    let runs: usize = std::env::var("RUDP_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (batched, h1) = start_server(true, &stop);
-    let (plain, h2) = start_server(false, &stop);
-
-    let run = |label: &str, server: SocketAddr, mode: Mode, batch: bool| -> Option<PerfReport> {
-        let opts = ClientOptions {
-            server,
-            mode,
-            amount: Amount::Time(Duration::from_secs_f64(secs)),
-            config: Config {
-                cc,
-                ..Config::default()
-            },
-            driver: driver_options(batch),
-            tcp_cc: None,
-            seed: 12,
-        };
-        match run_client(&opts, &mut |_| {}) {
-            Ok(r) => {
-                println!(
-                    "{label:<34} {:>9.1} Mbit/s  ({:.0} MB in {:.2} s, {} lost, {} retransmitted, {} send calls)",
-                    r.goodput_mbps,
-                    r.bytes as f64 / 1e6,
-                    r.seconds,
-                    r.lost_packets,
-                    r.retransmitted_packets,
-                    r.send_calls
-                );
-                Some(r)
-            }
-            Err(e) => {
-                println!("{label:<34} failed: {e}");
-                None
-            }
-        }
-    };
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
+    let cc = std::env::var("RUDP_BENCH_CC").unwrap_or_else(|_| "bbr".to_string());
+    let batched = Server::start(&[]);
+    let plain = Server::start(&["--no-batch"]);
 
     println!(
-        "rudp loopback benchmark: one connection, 1472-byte datagrams, {secs} s per run, cc {cc}"
+        "rudp loopback benchmark: one connection, 1472-byte datagrams, cc {cc}, \
+         median of {runs} interleaved runs of {secs} s (rudp-perf processes)"
     );
-    let raw_plain = run(
-        "raw UDP blast, 1 syscall/datagram",
-        plain,
-        Mode::RawUdp,
-        false,
-    );
-    let rudp_plain = run("rudp, 1 syscall/datagram", plain, Mode::Rudp, false);
-    let raw_batched = run("raw UDP blast, mmsg+GSO/GRO", batched, Mode::RawUdp, true);
-    let rudp_batched = run("rudp, mmsg+GSO/GRO", batched, Mode::Rudp, true);
-    let tcp = run("TCP (reference)", batched, Mode::Tcp, true);
-    stop.store(true, Ordering::Relaxed);
-    let _ = h1.join();
-    let _ = h2.join();
-
-    let ratio = |a: &Option<PerfReport>, b: &Option<PerfReport>| match (a, b) {
-        (Some(a), Some(b)) if b.goodput_mbps > 0.0 => Some(a.goodput_mbps / b.goodput_mbps),
+    let cases: [(&str, &Server, &[&str]); 5] = [
+        (
+            "raw UDP blast, 1 syscall/datagram",
+            &plain,
+            &["--raw-udp", "--no-batch"],
+        ),
+        ("rudp, 1 syscall/datagram", &plain, &["--no-batch"]),
+        ("raw UDP blast, mmsg+GSO/GRO", &batched, &["--raw-udp"]),
+        ("rudp, mmsg+GSO/GRO", &batched, &[]),
+        ("TCP (reference)", &batched, &["--tcp"]),
+    ];
+    let mut results: Vec<Vec<String>> = vec![Vec::new(); cases.len()];
+    for _ in 0..runs {
+        for (i, (_, server, extra)) in cases.iter().enumerate() {
+            results[i].extend(client(server, secs, &cc, extra));
+        }
+    }
+    let mut medians = Vec::new();
+    for (i, (label, ..)) in cases.iter().enumerate() {
+        let mut g: Vec<f64> = results[i]
+            .iter()
+            .filter_map(|j| json_number(j, "goodput_mbps"))
+            .collect();
+        let runs: Vec<String> = g.iter().map(|v| format!("{v:.0}")).collect();
+        g.sort_by(f64::total_cmp);
+        let median = (!g.is_empty()).then(|| g[g.len() / 2]);
+        medians.push(median);
+        match (median, results[i].last()) {
+            (Some(m), Some(last)) => println!(
+                "{label:<34} {m:>9.1} Mbit/s  (runs {}; last: {} lost, {} retransmitted, {} send calls)",
+                runs.join(" "),
+                json_number(last, "lost_packets").unwrap_or(0.0),
+                json_number(last, "retransmitted_packets").unwrap_or(0.0),
+                json_number(last, "send_calls").unwrap_or(0.0),
+            ),
+            _ => println!("{label:<34} failed"),
+        }
+    }
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
     let show = |name: &str, r: Option<f64>| match r {
@@ -130,20 +174,17 @@ fn main() {
     };
     show(
         "rudp / raw blast, same I/O (1 syscall/dgram)",
-        ratio(&rudp_plain, &raw_plain),
+        ratio(medians[1], medians[0]),
     );
     show(
         "rudp / raw blast, same I/O (mmsg+GSO/GRO)",
-        ratio(&rudp_batched, &raw_batched),
+        ratio(medians[3], medians[2]),
     );
     show(
         "best rudp / raw blast like iperf3 -u -l 1472",
-        ratio(&rudp_batched, &raw_plain),
+        ratio(medians[3], medians[0]),
     );
-    if let (Some(r), Some(t)) = (&rudp_batched, &tcp) {
-        println!(
-            "rudp (mmsg+GSO/GRO) / TCP: {:.2}",
-            r.goodput_mbps / t.goodput_mbps
-        );
+    if let Some(r) = ratio(medians[3], medians[4]) {
+        println!("rudp (mmsg+GSO/GRO) / TCP: {r:.2}");
     }
 }

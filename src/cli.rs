@@ -1,4 +1,5 @@
-//! Small pieces shared by the binaries: logging set-up from `-v`/`-q`.
+//! Small pieces shared by the binaries: logging set-up from `-v`/`-q`, and
+//! parsers for sizes and rates given on the command line.
 
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 
@@ -51,9 +52,36 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
+/// Parses a rate into bytes per second: a size per second (`2MB/s`,
+/// `512KiB/s`) or a link rate in bits (`20mbit`, `1.5gbit`, `800kbit`; see
+/// [`crate::lab::units::Rate`]).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let bytes = match t.strip_suffix("/s") {
+        Some(size) => parse_size(size)?,
+        None => t
+            .parse::<crate::lab::units::Rate>()
+            .map_err(|_| format!("'{s}' is not a rate (try 20mbit or 2MB/s)"))?
+            .bytes_per_sec(),
+    };
+    if bytes == 0 {
+        return Err(format!("rate '{s}' is zero; give a positive rate"));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("2MB/s"), Ok(2_000_000));
+        assert_eq!(parse_rate("512KiB/s"), Ok(512 * 1024));
+        assert_eq!(parse_rate("20mbit"), Ok(2_500_000));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0/s").is_err());
+    }
 
     #[test]
     fn sizes() {

@@ -889,3 +889,38 @@ fn distribution_time_near_the_p2p_bound() {
         }
     }
 }
+
+/// Churn: members die and others join while the file spreads; every member
+/// alive at the end completes with the right bytes.
+#[test]
+fn churn_kills_and_late_joins() {
+    let mut sim = standard(12, 20, 3 * MB);
+    for p in sim.peers.iter_mut().skip(1) {
+        p.upload_rate = 3e6;
+    }
+    let late: Vec<usize> = (0..4).map(|_| sim.add_peer()).collect();
+    let victims = [4, 9, 15];
+    let step = Cell::new(0usize);
+    sim.run_until(
+        Duration::from_secs(300),
+        |s| {
+            let t = s.now - s.t0;
+            let k = step.get();
+            let due = Duration::from_millis(300) * (k as u32 + 1);
+            if k < 7 && t >= due {
+                if k % 2 == 0 && k / 2 < victims.len() {
+                    s.kill(victims[k / 2]);
+                } else if let Some(&j) = late.get(k / 2) {
+                    s.join(j, SwarmConfig::default());
+                }
+                assert!(!s.all_live_members_complete(), "churn after the end");
+                step.set(k + 1);
+            }
+        },
+        |s| step.get() >= 7 && s.all_live_members_complete(),
+    );
+    for v in victims {
+        assert!(sim.peers[v].swarm.is_none());
+    }
+    sim.assert_all_verified();
+}

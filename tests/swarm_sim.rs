@@ -469,3 +469,72 @@ fn garbage_messages_are_counted_and_dropped() {
         .sum();
     assert!(bad_index >= sent.1);
 }
+
+/// `EndpointNode` (endpoint + node, the API the peer process drives) over a
+/// perfect network: datagrams handed straight across, time jumping to the
+/// next deadline.
+#[test]
+fn endpoint_nodes_over_a_perfect_network() {
+    use chunkswarm::peer::node::EndpointNode;
+    let mut rng = Rng::new(10);
+    let mut data = vec![0u8; 1_000_000];
+    rng.fill(&mut data);
+    let manifest = Manifest::of_bytes("clip.mp4", &data);
+    let file = manifest.file_hash;
+    let mut now = Instant::now();
+    let mut peers: BTreeMap<SocketAddr, (EndpointNode, Store)> = BTreeMap::new();
+    for i in 0..3 {
+        let a = addr(i);
+        let ep = Endpoint::new(Config::default(), 500 + i as u64);
+        let mut p = EndpointNode::new(ep, NodeConfig::default());
+        let (swarm, store) = swarm_at(now, a, i == 0, &manifest, &data, i as u64);
+        p.add_swarm(swarm);
+        peers.insert(a, (p, store));
+    }
+    let members = [addr(1), addr(2)];
+    for (p, _) in peers.values_mut() {
+        p.on_group(now, &file, Some(addr(0)), &members).unwrap();
+    }
+    let owner = &mut peers.get_mut(&addr(0)).unwrap().0;
+    owner.start_upload(now, &file).unwrap();
+    let mut done = BTreeMap::new();
+    let mut buf = Vec::new();
+    for _ in 0..1_000_000 {
+        let mut moved = Vec::new();
+        for (&a, (p, _)) in peers.iter_mut() {
+            while let Some(t) = p.poll_transmit(now, &mut buf) {
+                moved.push((a, t.destination, buf[..t.len].to_vec()));
+            }
+            while let Some(ev) = p.poll_event() {
+                if let NodeEvent::Complete { path, .. } = ev {
+                    done.insert(a, path);
+                }
+            }
+        }
+        if done.len() == 2 {
+            break;
+        }
+        if moved.is_empty() {
+            let next = peers
+                .values_mut()
+                .filter_map(|(p, _)| p.poll_timeout())
+                .min();
+            now = now.max(next.expect("something to wait for"));
+            for (p, _) in peers.values_mut() {
+                if p.poll_timeout().is_some_and(|t| t <= now) {
+                    p.handle_timeout(now);
+                }
+            }
+        }
+        for (from, to, bytes) in moved {
+            if let Some((p, _)) = peers.get_mut(&to) {
+                p.handle_datagram(now, from, &bytes);
+            }
+        }
+    }
+    assert_eq!(done.len(), 2, "members did not complete");
+    for m in members {
+        let got = peers[&m].1.lock().unwrap().assembled();
+        assert!(got.as_deref() == Some(&data[..]), "{m}");
+    }
+}

@@ -247,10 +247,11 @@ fn every_command_joins_leaves_and_refusals() {
     let line = c.ask("list", "movie.mp4");
     assert!(line.contains("group 2"), "{line}");
 
-    // The owner's upload fetches the group, then says the swarm is not there yet.
+    // The owner's upload fetches the group and sends the file to it.
     let line = a.ask("upload movie.mp4", "upload movie.mp4:");
     assert!(line.contains(&format!("to 2 members: {b_id}")), "{line}");
-    a.expect("error: upload: the swarm is not wired in yet");
+    b.expect("complete movie.mp4");
+    c.expect("complete movie.mp4");
     let line = a.ask("status", "sharing:");
     assert!(
         line.contains("movie.mp4") && line.contains("2 members"),

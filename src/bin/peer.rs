@@ -2,11 +2,14 @@
 //! commands (register-peer, list, register-group, upload, status, help, quit)
 //! from a prompt or, when stdin is not a terminal, one per line.
 
+use chunkswarm::cli::parse_rate;
 use chunkswarm::peer::process::{
     connect_tracker, spawn_console, spawn_signal_listener, PeerConfig, PeerLoop,
 };
+use chunkswarm::peer::swarm::SwarmConfig;
+use chunkswarm::rudp::driver::{Driver, TransportArgs};
 use clap::Parser;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,6 +37,22 @@ struct Args {
     /// often as the tracker asks).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     heartbeat_ms: u64,
+    /// Cap the rate at which this peer sends on each rudp connection, as a
+    /// size per second (`2MB/s`) or in bits (`20mbit`). Default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    max_upload: Option<u64>,
+    /// Do not print a line per chunk received (the summary is still printed).
+    #[arg(long)]
+    quiet_chunks: bool,
+    /// Never draw progress bars (they are drawn only when stdout is a
+    /// terminal and the console is not the line editor).
+    #[arg(long)]
+    no_progress: bool,
+    /// Test only: serve every chunk with a byte flipped (peers must detect it).
+    #[arg(long, hide = true)]
+    corrupt_served_chunks: bool,
+    #[command(flatten)]
+    transport: TransportArgs,
     /// More log output on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -74,10 +93,10 @@ fn run(args: Args) -> Result<(), String> {
             ))
         }
     }
+    args.transport.impair.validate()?;
     let udp_addr = SocketAddr::new(args.bind, args.port);
-    let udp = UdpSocket::bind(udp_addr).map_err(|e| {
-        format!("cannot bind the rudp socket on {udp_addr}: {e}; pick another --port")
-    })?;
+    let driver = Driver::bind(udp_addr, args.transport.driver_options())
+        .map_err(|e| format!("{e}; pick another --port or --bind"))?;
     let (stream, tracker) = connect_tracker(
         &args.tracker_host,
         args.tracker_port,
@@ -88,11 +107,30 @@ fn run(args: Args) -> Result<(), String> {
         tracker_name: tracker.to_string(),
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         advertise: args.advertise,
+        rudp: chunkswarm::rudp::Config {
+            max_send_rate: args.max_upload,
+            ..args.transport.endpoint_config()
+        },
+        swarm: SwarmConfig {
+            corrupt_uploads: args.corrupt_served_chunks,
+            ..SwarmConfig::default()
+        },
+        quiet_chunks: args.quiet_chunks,
+        progress_bars: !args.no_progress,
+        seed: seed(),
     };
     let mut peer =
-        PeerLoop::new(stream, udp, config).map_err(|e| format!("cannot start the peer: {e}"))?;
+        PeerLoop::new(stream, driver, config).map_err(|e| format!("cannot start the peer: {e}"))?;
     spawn_signal_listener(peer.console_sender())
         .map_err(|e| format!("cannot catch signals: {e}"))?;
     spawn_console(peer.console_sender()).map_err(|e| format!("cannot start the console: {e}"))?;
     peer.run().map_err(|e| e.to_string())
+}
+
+/// A different seed per run (the swarm's and rudp's random choices).
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }

@@ -78,7 +78,8 @@ struct ClientArgs {
     #[arg(long, value_name = "NAME", requires = "tcp")]
     tcp_cc: Option<String>,
     /// Blast datagrams of --mtu bytes without reliability or congestion
-    /// control (the baseline; what arrives is counted, not retransmitted).
+    /// control (the baseline; what arrives is counted, not retransmitted;
+    /// the impairment flags do not apply).
     #[arg(long)]
     raw_udp: bool,
     /// Print the result as one JSON object on the last line.

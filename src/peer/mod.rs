@@ -12,4 +12,5 @@ pub mod swarm;
 // The peer process (the tracker work).
 pub mod console;
 pub mod process;
+pub mod progress;
 pub mod tracker_client;

@@ -23,7 +23,7 @@
 
 use super::swarm::{Action, DownReason, Swarm, SwarmError};
 use crate::manifest::{ChunkIndex, Digest32};
-use crate::rudp::{ConnectionError, ConnectionHandle, Endpoint, Event};
+use crate::rudp::{ConnectionError, ConnectionHandle, Endpoint, Event, Transmit};
 use crate::wire::swarm::Message;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -450,5 +450,84 @@ impl Node {
             }
         }
         sent
+    }
+}
+
+/// A [`Node`] together with the rudp [`Endpoint`] it drives: the whole
+/// sans-IO peer, for a driver that owns one UDP socket and the clock.
+/// ```text
+/// loop {
+///     // datagram from the socket:  peer.handle_datagram(now, from, &bytes);
+///     // deadline passed:           peer.handle_timeout(now);
+///     // console / tracker:         peer.add_swarm(..); peer.on_group(..); peer.start_upload(..);
+///     while let Some(t) = peer.poll_transmit(now, &mut buf) { socket.send_to(&buf[..t.len], t.destination) }
+///     while let Some(ev) = peer.poll_event() { print it }
+///     sleep until peer.poll_timeout() or the socket is readable
+/// }
+/// ```
+pub struct EndpointNode {
+    pub endpoint: Endpoint,
+    pub node: Node,
+}
+
+impl EndpointNode {
+    pub fn new(endpoint: Endpoint, config: NodeConfig) -> Self {
+        EndpointNode {
+            endpoint,
+            node: Node::new(config),
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.endpoint.handle_datagram(now, from, data);
+        self.node.process(now, &mut self.endpoint);
+    }
+
+    /// Call once `poll_timeout()` has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.endpoint.handle_timeout(now);
+        self.node.handle_timeout(now, &mut self.endpoint);
+    }
+
+    /// The next datagram to send (see [`Endpoint::poll_transmit`]).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.endpoint.poll_transmit(now, buf)
+    }
+
+    /// The earliest of the endpoint's and the swarms' deadlines.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let e = self.endpoint.poll_timeout();
+        let n = self.node.poll_timeout();
+        match (e, n) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.node.poll_event()
+    }
+
+    pub fn add_swarm(&mut self, swarm: Swarm) {
+        self.node.add_swarm(swarm);
+    }
+
+    pub fn remove_swarm(&mut self, now: Instant, file: &Digest32) {
+        self.node.remove_swarm(now, &mut self.endpoint, file);
+    }
+
+    pub fn on_group(
+        &mut self,
+        now: Instant,
+        file: &Digest32,
+        owner: Option<SocketAddr>,
+        members: &[SocketAddr],
+    ) -> Result<(), NodeError> {
+        self.node
+            .on_group(now, &mut self.endpoint, file, owner, members)
+    }
+
+    pub fn start_upload(&mut self, now: Instant, file: &Digest32) -> Result<(), NodeError> {
+        self.node.start_upload(now, &mut self.endpoint, file)
     }
 }

@@ -1,19 +1,27 @@
 //! The peer process: one mio event loop thread ([`PeerLoop`]) owns the
-//! tracker connection (and, later, the rudp socket); the console runs on its
-//! own thread and hands parsed commands to the loop through a channel and a
-//! [`mio::Waker`]; SIGINT/SIGTERM arrive the same way.
+//! tracker connection and the rudp socket (a [`Driver`] feeding an
+//! [`Endpoint`], with a [`Node`] holding one [`Swarm`] per file on top); the
+//! console runs on its own thread and hands parsed commands to the loop
+//! through a channel and a [`mio::Waker`]; SIGINT/SIGTERM arrive the same way.
 //!
-//! Seams for the swarm: the loop's [`poll_timeout`](PeerLoop::poll_timeout)
-//! is where rudp's `poll_timeout()` joins the tracker client's; the token
-//! [`UDP`] is reserved for the rudp socket ([`PeerLoop::udp_socket`] is bound
-//! at start, so the port the tracker advertises is real);
-//! [`handle_tracker_event`](PeerLoop::handle_tracker_event) sees every
-//! [`TrackerEvent::Group`] and [`start_upload`](PeerLoop::start_upload) is
-//! where the owner's upload begins.
+//! Each turn of the loop: tracker bytes in, console commands, then
+//! `driver.recv` → `node.process` → node events printed → `driver.flush`;
+//! it sleeps until the earliest of the tracker client's, the driver's and
+//! the node's deadlines. Tracker group pushes become `node.on_group`;
+//! `register-peer` adds a serving swarm over the complete file,
+//! `register-group` a downloading one over `DIR/<name>.part` (resumed when
+//! present), and `upload` calls `node.start_upload`.
 
+use super::bitmap::ChunkBitmap;
 use super::console::{Command, ParseError, HELP};
+use super::node::{Node, NodeConfig, NodeEvent};
+use super::progress::{self, Bars, Download, Summary};
+use super::storage::DiskStore;
+use super::swarm::{Swarm, SwarmConfig};
 use super::tracker_client::{TrackerClient, TrackerClientError, TrackerEvent};
-use crate::manifest::{hex, Manifest};
+use crate::manifest::{hex, Digest32, Manifest};
+use crate::rudp::driver::Driver;
+use crate::rudp::{Config as RudpConfig, Endpoint};
 use crate::wire::tracker::{GroupView, PeerId, PeerInfo, RefusalCode, RequestId};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
@@ -22,7 +30,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -32,7 +40,7 @@ use std::time::{Duration, Instant};
 pub const TRACKER: Token = Token(0);
 /// Wakes the loop when the console or a signal sent something.
 pub const WAKER: Token = Token(1);
-/// Reserved for the rudp socket.
+/// The rudp socket.
 pub const UDP: Token = Token(2);
 
 /// What the console, signal and hashing threads hand to the loop.
@@ -100,6 +108,16 @@ pub struct PeerConfig {
     /// Our heartbeat interval.
     pub heartbeat: Duration,
     pub advertise: Option<std::net::IpAddr>,
+    /// rudp settings (congestion control, MTU, `--max-upload` pacing cap).
+    pub rudp: RudpConfig,
+    /// Swarm settings (the test-only `corrupt_uploads` switch lives here).
+    pub swarm: SwarmConfig,
+    /// Do not print a line per chunk received.
+    pub quiet_chunks: bool,
+    /// Draw progress bars when stdout is a terminal the line editor does not own.
+    pub progress_bars: bool,
+    /// Seeds the endpoint's and the swarms' random choices.
+    pub seed: u64,
 }
 
 /// Why the peer stopped with an error.
@@ -152,7 +170,12 @@ pub struct PeerLoop {
     tracker: TcpStream,
     tracker_wants_write: bool,
     client: TrackerClient,
-    udp: UdpSocket,
+    driver: Driver,
+    endpoint: Endpoint,
+    node: Node,
+    /// Downloads by file, for the console's lines and summaries.
+    downloads: BTreeMap<Digest32, Download>,
+    bars: Bars,
     inputs: Receiver<LoopInput>,
     input_tx: Sender<LoopInput>,
     out: ConsoleOutput,
@@ -177,7 +200,7 @@ impl PeerLoop {
     /// says hello (advertising the socket's port).
     pub fn new(
         tracker: std::net::TcpStream,
-        udp: UdpSocket,
+        mut driver: Driver,
         config: PeerConfig,
     ) -> io::Result<Self> {
         tracker.set_nonblocking(true)?;
@@ -190,7 +213,10 @@ impl PeerLoop {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let udp_port = udp.local_addr()?.port();
+        driver.register(poll.registry(), UDP)?;
+        let udp_port = driver.local_addr().port();
+        let endpoint = Endpoint::new(config.rudp.clone(), config.seed);
+        let bars = Bars::new(config.progress_bars && io::stdout().is_terminal());
         let client =
             TrackerClient::new(Instant::now(), udp_port, config.advertise, config.heartbeat);
         let (input_tx, inputs) = mpsc::channel();
@@ -200,7 +226,11 @@ impl PeerLoop {
             tracker,
             tracker_wants_write: true,
             client,
-            udp,
+            driver,
+            endpoint,
+            node: Node::new(NodeConfig::default()),
+            downloads: BTreeMap::new(),
+            bars,
             inputs,
             input_tx,
             out: ConsoleOutput::Stdout,
@@ -224,23 +254,33 @@ impl PeerLoop {
         }
     }
 
-    /// The rudp socket (bound at start; its port is the one the tracker advertises).
-    pub fn udp_socket(&self) -> &UdpSocket {
-        &self.udp
+    /// The rudp address (bound at start; its port is the one the tracker advertises).
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.driver.local_addr()
     }
 
     fn say(&mut self, line: impl AsRef<str>) {
-        self.out.line(line.as_ref());
+        if !self.bars.println(line.as_ref()) {
+            self.out.line(line.as_ref());
+        }
     }
 
     fn error(&mut self, line: impl fmt::Display) {
         self.out.line(&format!("error: {line}"));
     }
 
-    /// When the loop must wake at the latest: the tracker client's timers
-    /// (the swarm's rudp timers will join here).
-    pub fn poll_timeout(&self, now: Instant) -> Duration {
-        self.client.poll_timeout().saturating_duration_since(now)
+    /// When the loop must wake at the latest: the tracker client's timers,
+    /// the rudp driver's (endpoint timers, impairment releases) and the
+    /// swarms'.
+    pub fn poll_timeout(&mut self, now: Instant) -> Duration {
+        let mut at = self.client.poll_timeout();
+        if let Some(t) = self.driver.next_deadline(&mut self.endpoint) {
+            at = at.min(t);
+        }
+        if let Some(t) = self.node.poll_timeout() {
+            at = at.min(t);
+        }
+        at.saturating_duration_since(now)
     }
 
     /// Runs until `quit`, a signal, or end of input with nothing left to do.
@@ -261,13 +301,129 @@ impl PeerLoop {
                         }
                     }
                     WAKER => self.drain_console(),
+                    UDP => {} // received below, every turn
                     token => debug!("event for unknown token {token:?}"),
                 }
             }
             self.handle_timeout(Instant::now())?;
+            self.drive_swarm(Instant::now());
             self.flush_tracker()?;
         }
+        self.close_swarm();
         Ok(())
+    }
+
+    /// rudp in, swarms, rudp out; prints what the node reports.
+    fn drive_swarm(&mut self, now: Instant) {
+        self.driver.recv(now, &mut self.endpoint);
+        self.driver.handle_timeout(now, &mut self.endpoint);
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now, &mut self.endpoint);
+        } else {
+            self.node.process(now, &mut self.endpoint);
+        }
+        while let Some(ev) = self.node.poll_event() {
+            self.on_node_event(now, ev);
+        }
+        self.driver.flush(now, &mut self.endpoint);
+    }
+
+    /// Closes every rudp connection (politely, best effort) before exiting.
+    fn close_swarm(&mut self) {
+        let now = Instant::now();
+        for h in self.endpoint.connections() {
+            self.endpoint.close(now, h);
+        }
+        self.driver.flush(now, &mut self.endpoint);
+    }
+
+    fn on_node_event(&mut self, now: Instant, ev: NodeEvent) {
+        match ev {
+            NodeEvent::ChunkReceived {
+                file,
+                index,
+                chunk_count,
+                from,
+            } => {
+                let len = self
+                    .node
+                    .swarm(&file)
+                    .map_or(0, |s| u64::from(s.manifest().chunk_len(index)));
+                if let Some(d) = self.downloads.get_mut(&file) {
+                    d.on_chunk(now, len);
+                }
+                if !self.config.quiet_chunks {
+                    self.say(progress::chunk_line(index, chunk_count, from));
+                }
+            }
+            NodeEvent::BadChunk { file, index, from } => {
+                let (name, count) = self.name_of(&file);
+                self.say(progress::bad_chunk_line(&name, index, count, from));
+            }
+            NodeEvent::PeerBanned { file, peer } => {
+                let (name, _) = self.name_of(&file);
+                self.say(format!(
+                    "{name}: {peer} served too many corrupted chunks; never asking it again"
+                ));
+            }
+            NodeEvent::UploadDone { file } => {
+                let (name, count) = self.name_of(&file);
+                self.say(format!(
+                    "upload {name}: all {count} chunks handed out; still serving as the source of last resort"
+                ));
+            }
+            NodeEvent::Complete { file, path } => self.completed(now, &file, &path),
+            NodeEvent::StorageFailed { file, reason } => {
+                let (name, _) = self.name_of(&file);
+                if let Some(d) = self.downloads.get_mut(&file) {
+                    d.finish();
+                }
+                let dir = self.config.dir.display().to_string();
+                self.error(format_args!(
+                    "{name}: the download stopped: {reason}; free the disk or fix {dir} and run register-group {name} again after a restart"
+                ));
+            }
+            NodeEvent::NeighbourUp { peer } => debug!("neighbour {peer} up"),
+            NodeEvent::NeighbourDown { peer, why } => info!("neighbour {peer} down: {why}"),
+        }
+    }
+
+    fn name_of(&self, file: &Digest32) -> (String, u32) {
+        self.node.swarm(file).map_or_else(
+            || (hex(&file[..4]), 0),
+            |s| (s.manifest().name.clone(), s.manifest().chunk_count()),
+        )
+    }
+
+    /// A download is complete and verified: the summary.
+    fn completed(&mut self, now: Instant, file: &Digest32, path: &std::path::Path) {
+        let Some(swarm) = self.node.swarm(file) else {
+            return;
+        };
+        let m = swarm.manifest();
+        let owner = self.joined.get(&m.name).map(|g| g.owner.udp);
+        let Some(d) = self.downloads.get(file) else {
+            return;
+        };
+        let lines = Summary {
+            name: &m.name,
+            path,
+            size: m.size,
+            chunk_count: m.chunk_count(),
+            sha256: &m.file_hash,
+            elapsed: d.elapsed(now),
+            bytes: d.bytes,
+            resumed: d.resumed,
+            sources: &swarm.stats().received_from,
+            owner,
+        }
+        .lines();
+        if let Some(d) = self.downloads.get_mut(file) {
+            d.finish();
+        }
+        for line in lines {
+            self.say(line);
+        }
     }
 
     fn tracker_error(&self, error: TrackerClientError) -> PeerError {
@@ -351,7 +507,11 @@ impl PeerLoop {
                     info!("stopping on signal {sig}");
                     self.stop = true;
                 }
-                LoopInput::Printer(p) => self.out = ConsoleOutput::Terminal(p),
+                LoopInput::Printer(p) => {
+                    // The line editor owns the terminal now: no bars.
+                    self.bars.disable();
+                    self.out = ConsoleOutput::Terminal(p);
+                }
                 LoopInput::Hashed { name, result } => self.hashed(name, result),
                 other => self.queued.push_back(other),
             }
@@ -385,6 +545,7 @@ impl PeerLoop {
     fn busy(&self) -> bool {
         !self.owned.is_empty()
             || !self.joined.is_empty()
+            || !self.downloads.is_empty()
             || !self.pending.is_empty()
             || self.hashing.is_some()
     }
@@ -530,7 +691,8 @@ impl PeerLoop {
         self.pending.insert(req, Pending::Upload(name));
     }
 
-    /// The owner fetched its group and may upload. (The swarm takes over here.)
+    /// The owner fetched its group: connect to every member and push each
+    /// chunk to one of them; the owner keeps serving afterwards.
     pub fn start_upload(&mut self, group: GroupView) {
         let name = group.manifest.name.clone();
         if group.members.is_empty() {
@@ -538,14 +700,146 @@ impl PeerLoop {
                 "upload {name}: nobody has joined its group yet; wait until downloaders run register-group {name}"
             ));
         }
-        let members: Vec<String> = group.members.iter().map(|m| m.to_string()).collect();
-        self.say(format!(
-            "upload {name}: would send {} chunks to {} members: {}",
-            group.manifest.chunk_count(),
-            members.len(),
-            members.join(", ")
-        ));
-        self.error("upload: the swarm is not wired in yet");
+        let file = group.manifest.file_hash;
+        if self.node.swarm(&file).is_none() {
+            return self.error(format_args!(
+                "upload {name}: the file changed or cannot be read since it was registered; check {} and register it again",
+                self.config.dir.join(&name).display()
+            ));
+        }
+        let now = Instant::now();
+        self.group_to_node(now, &group, true);
+        match self.node.start_upload(now, &mut self.endpoint, &file) {
+            Ok(()) => {
+                let members: Vec<String> = group.members.iter().map(|m| m.to_string()).collect();
+                self.say(format!(
+                    "upload {name}: sending {} chunks to {}: {}",
+                    group.manifest.chunk_count(),
+                    count(members.len(), "member"),
+                    members.join(", ")
+                ));
+            }
+            Err(e) => self.error(format_args!("upload {name}: {e}")),
+        }
+    }
+
+    /// Our rudp address as the group knows it.
+    fn local_udp(&self) -> SocketAddr {
+        self.me.map_or_else(|| self.driver.local_addr(), |p| p.udp)
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        self.config.seed = self
+            .config
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.config.seed
+    }
+
+    /// A file we now share: a swarm over the complete file serves it.
+    fn share(&mut self, m: &Manifest) {
+        match DiskStore::open_complete(&self.config.dir, m) {
+            Ok(store) => {
+                let seed = self.next_seed();
+                let swarm = Swarm::new(
+                    Instant::now(),
+                    m.clone(),
+                    self.local_udp(),
+                    Box::new(store),
+                    ChunkBitmap::full(m.chunk_count()),
+                    self.config.swarm.clone(),
+                    seed,
+                );
+                self.node.add_swarm(swarm);
+            }
+            Err(e) => self.error(format_args!(
+                "register-peer {}: registered, but it cannot be served: {e}",
+                m.name
+            )),
+        }
+    }
+
+    /// We joined a group: a downloading swarm over `DIR/<name>.part`,
+    /// resumed if a `.part` of this file is there.
+    fn start_download(&mut self, group: &GroupView) {
+        let m = &group.manifest;
+        let (store, have) = match DiskStore::open_download(&self.config.dir, m) {
+            Ok(x) => x,
+            Err(e) => {
+                let (name, dir) = (m.name.clone(), self.config.dir.display().to_string());
+                return self.error(format_args!(
+                    "register-group {name}: cannot store the download: {e}; free or fix {dir} and restart the peer"
+                ));
+            }
+        };
+        let held = have.count();
+        if held > 0 && !have.is_full() {
+            self.say(format!(
+                "{}: resuming from {}.part: {held}/{} chunks already verified",
+                m.name,
+                m.name,
+                m.chunk_count()
+            ));
+        }
+        let now = Instant::now();
+        let seed = self.next_seed();
+        let swarm = Swarm::new(
+            now,
+            m.clone(),
+            self.local_udp(),
+            Box::new(store),
+            have,
+            self.config.swarm.clone(),
+            seed,
+        );
+        let complete = swarm.is_complete();
+        self.node.add_swarm(swarm);
+        let mut d = Download::new(m.name.clone(), m.file_hash, m.chunk_count(), m.size, held);
+        if complete {
+            d.done = true;
+            self.say(format!(
+                "{}: already complete in {}; serving it",
+                m.name,
+                self.config.dir.display()
+            ));
+        } else {
+            self.bars.attach(&mut d, held);
+        }
+        self.downloads.insert(m.file_hash, d);
+        self.group_to_node(now, group, true);
+    }
+
+    /// Hands a group view to the file's swarm (owner gone: `with_owner` false).
+    fn group_to_node(&mut self, now: Instant, group: &GroupView, with_owner: bool) {
+        let members: Vec<SocketAddr> = group.members.iter().map(|m| m.udp).collect();
+        let owner = with_owner.then_some(group.owner.udp);
+        let file = group.manifest.file_hash;
+        if let Err(e) = self
+            .node
+            .on_group(now, &mut self.endpoint, &file, owner, &members)
+        {
+            debug!("group of {}: {e}", group.manifest.name);
+        }
+    }
+
+    /// `  neighbours: a (12 chunks in, 3 out), b` for one file's swarm.
+    fn neighbour_line(&self, file: &Digest32) -> Option<String> {
+        let swarm = self.node.swarm(file)?;
+        let stats = swarm.stats();
+        let list: Vec<String> = swarm
+            .neighbours()
+            .map(|a| {
+                let got = stats.received_from.get(&a).copied().unwrap_or(0);
+                let sent = stats.uploaded_to.get(&a).copied().unwrap_or(0);
+                format!("{a} ({got} chunks in, {sent} out)")
+            })
+            .collect();
+        Some(if list.is_empty() {
+            "  neighbours: none connected".to_string()
+        } else {
+            format!("  neighbours: {}", list.join(", "))
+        })
     }
 
     fn status(&mut self) {
@@ -563,22 +857,45 @@ impl PeerLoop {
         }
         for (name, (m, view)) in &self.owned {
             let members = view.as_ref().map_or(0, |v| v.members.len());
+            let uploaded: u32 = self
+                .node
+                .swarm(&m.file_hash)
+                .map_or(0, |s| s.stats().uploaded_to.values().sum());
             lines.push(format!(
-                "sharing: {name} ({} bytes, {} chunks, {})",
+                "sharing: {name} ({} bytes, {} chunks, {}; {uploaded} chunks sent)",
                 m.size,
                 m.chunk_count(),
                 count(members, "member")
             ));
+            lines.extend(self.neighbour_line(&m.file_hash));
         }
-        if self.joined.is_empty() {
+        if self.downloads.is_empty() {
             lines.push("downloading: nothing".into());
         }
-        for (name, g) in &self.joined {
+        let now = Instant::now();
+        for d in self.downloads.values() {
+            let held = self.node.swarm(&d.file).map_or(0, |s| s.have().count());
+            let owner = self.joined.get(&d.name).map_or_else(
+                || "an owner gone offline".to_string(),
+                |g| g.owner.to_string(),
+            );
+            let state = if d.done {
+                "complete, serving".to_string()
+            } else {
+                format!(
+                    "{}%, {}",
+                    u64::from(held) * 100 / u64::from(d.chunk_count.max(1)),
+                    progress::rate(d.bytes, d.elapsed(now))
+                )
+            };
+            let members = self.joined.get(&d.name).map_or(0, |g| g.members.len());
             lines.push(format!(
-                "downloading: {name} from {} ({})",
-                g.owner,
-                count(g.members.len(), "member")
+                "downloading: {} from {owner} ({}): {held}/{} chunks, {state}",
+                d.name,
+                count(members, "member"),
+                d.chunk_count
             ));
+            lines.extend(self.neighbour_line(&d.file));
         }
         for line in lines {
             self.say(line);
@@ -609,6 +926,7 @@ impl PeerLoop {
                         m.chunk_count(),
                         hex(&m.file_hash)
                     ));
+                    self.share(&m);
                     self.owned.insert(name, (m, None));
                 }
             }
@@ -660,20 +978,37 @@ impl PeerLoop {
                             view.manifest.chunk_count(),
                             members.join(", ")
                         ));
-                        self.joined.insert(name, view);
+                        self.joined.insert(name, view.clone());
+                        self.start_download(&view);
                     }
-                    _ => self.note_group(view, true),
+                    _ => {
+                        self.note_group(view.clone(), true);
+                        if self.owned.contains_key(&view.manifest.name)
+                            || self.joined.contains_key(&view.manifest.name)
+                        {
+                            self.group_to_node(Instant::now(), &view, true);
+                        }
+                    }
                 }
             }
             TrackerEvent::Left { req, name } => {
                 self.pending.remove(&req);
-                self.joined.remove(&name);
+                if let Some(g) = self.joined.remove(&name) {
+                    let file = g.manifest.file_hash;
+                    self.node
+                        .remove_swarm(Instant::now(), &mut self.endpoint, &file);
+                    if let Some(mut d) = self.downloads.remove(&file) {
+                        d.finish();
+                    }
+                }
                 self.say(format!("left the group of {name}"));
             }
             TrackerEvent::GroupClosed { name } => {
                 if let Some(g) = self.joined.remove(&name) {
+                    // The members still have each other: keep swapping chunks.
+                    self.group_to_node(Instant::now(), &g, false);
                     self.say(format!(
-                        "group {name}: closed, its owner {} went offline",
+                        "group {name}: closed, its owner {} went offline; carrying on with the other members",
                         g.owner.id
                     ));
                 }

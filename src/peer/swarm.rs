@@ -14,14 +14,14 @@
 use super::bitmap::ChunkBitmap;
 use super::overlay;
 use super::picker::{PickMode, Picker};
-use super::storage::ChunkStore;
+use super::storage::{ChunkStore, DiskStore, StorageError};
 use crate::manifest::{ChunkIndex, Digest32, Manifest};
 use crate::rng::Rng;
 use crate::wire::swarm::{Body, Message, RejectReason};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -96,6 +96,13 @@ pub enum Action {
     Complete { path: PathBuf },
     /// Storage failed; the swarm stops downloading.
     StorageFailed(String),
+}
+
+/// Whose file a disk-backed swarm is over (see [`Swarm::on_disk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskRole {
+    Owner,
+    Downloader,
 }
 
 /// How a connection ended, as the transport reports it.
@@ -272,6 +279,36 @@ impl Swarm {
             }
         }
         s
+    }
+
+    /// A swarm over a file in `dir`: the owner serves `dir/<name>`; a
+    /// downloader writes `dir/<name>.part` (resumed if one for this file is
+    /// there) and renames it to `dir/<name>` once verified.
+    pub fn on_disk(
+        now: Instant,
+        dir: &Path,
+        role: DiskRole,
+        manifest: Manifest,
+        local: SocketAddr,
+        config: SwarmConfig,
+        seed: u64,
+    ) -> Result<Swarm, StorageError> {
+        let (store, have) = match role {
+            DiskRole::Owner => (
+                DiskStore::open_complete(dir, &manifest)?,
+                ChunkBitmap::full(manifest.chunk_count()),
+            ),
+            DiskRole::Downloader => DiskStore::open_download(dir, &manifest)?,
+        };
+        Ok(Swarm::new(
+            now,
+            manifest,
+            local,
+            Box::new(store),
+            have,
+            config,
+            seed,
+        ))
     }
 
     pub fn file_hash(&self) -> &Digest32 {
@@ -1094,5 +1131,37 @@ mod tests {
             Message::new(m.file_hash, Body::Request { index: 99 }),
         );
         assert_eq!(s.stats().protocol_errors, 2);
+    }
+
+    #[test]
+    fn disk_owner_to_disk_member() {
+        let now = Instant::now();
+        let (m, data) = file();
+        let base = std::env::temp_dir().join(format!("chunkswarm-swarm-{}", std::process::id()));
+        let (od, md) = (base.join("owner"), base.join("member"));
+        std::fs::create_dir_all(&od).unwrap();
+        std::fs::create_dir_all(&md).unwrap();
+        std::fs::write(od.join("f.bin"), &data).unwrap();
+        let open = |dir: &Path, role, me, seed| {
+            Swarm::on_disk(now, dir, role, m.clone(), me, SwarmConfig::default(), seed).unwrap()
+        };
+        let mut o = open(&od, DiskRole::Owner, addr(1), 1);
+        let mut d = open(&md, DiskRole::Downloader, addr(2), 2);
+        assert!(o.have().is_full() && d.have().count() == 0);
+        o.on_group(now, Some(addr(1)), &[addr(2)]);
+        d.on_group(now, Some(addr(1)), &[addr(2)]);
+        o.start_upload(now).unwrap();
+        o.on_neighbour_up(now, addr(2));
+        d.on_neighbour_up(now, addr(1));
+        while let Some(msg) = o.poll_upload(addr(2)) {
+            d.on_message(now, addr(1), msg);
+        }
+        let acts = drain(&mut d);
+        assert!(acts.contains(&Action::Complete {
+            path: md.join("f.bin")
+        }));
+        assert_eq!(std::fs::read(md.join("f.bin")).unwrap(), data);
+        assert!(!md.join("f.bin.part").exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -9,11 +9,12 @@
 //!   bandwidth), a 10-second min-RTT filter, a pacing-gain cycle, and a window
 //!   of about 2×BDP. Random loss is *not* congestion: a round counts as
 //!   congested only if its loss rate is over [`Bbr::LOSS_THRESH`] (BBRv2's 2%)
-//!   *and* either the RTT shows a standing queue or the loss is well above the
-//!   long-run (random) loss rate. A congested round cuts `inflight_hi` (as in
-//!   BBRv2), so a drop-tail queue overflow still backs the flow off.
-//! - [`DeliveryRateEstimator`]: draft-cheng-iccrg-delivery-rate-estimation.
-//! - [`Pacer`]: a token bucket releasing bytes at the controller's pacing rate.
+//!   *and* even its smallest RTT sample is above [`Bbr::QUEUE_RTT_FACTOR`] ×
+//!   min RTT (a standing queue). A congested round cuts `inflight_hi` (as in
+//!   BBRv2), so a drop-tail queue overflow still backs the flow off. Pacing
+//!   is raised by the long-run loss rate so random loss does not idle the link.
+//! - [`DeliveryRateEstimator`][]: draft-cheng-iccrg-delivery-rate-estimation.
+//! - [`Pacer`][]: a token bucket releasing bytes at the controller's pacing rate.
 
 use super::rtt::RttEstimator;
 use super::CcKind;

@@ -29,8 +29,8 @@
 //! (`delivered_ids`); ordered messages wait for their predecessors.
 //! Flow control counts message bytes in one connection-wide sequence: the
 //! receiver advertises `MAX_DATA` = (start of its first undelivered message)
-//! + `recv_window`, so what it buffers is bounded by `recv_window` plus one
-//! message straddling the limit.
+//! plus `recv_window`, so what it buffers is bounded by `recv_window` plus
+//! one message straddling the limit.
 
 use super::cc::{self, AckEvent, Controller, DeliveryRateEstimator, LossEvent, Pacer, RateState};
 use super::endpoint::{ConnectionError, Event, SendError, Stats};
@@ -1069,9 +1069,7 @@ impl Connection {
 
     /// Writes the next DATA datagram into `buf`; returns its length.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<usize> {
-        let Some(dcid) = self.remote_cid else {
-            return None;
-        };
+        let dcid = self.remote_cid?;
         match self.state {
             State::Gone => return None,
             State::Draining => {

@@ -338,3 +338,70 @@ where
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rudp::Config;
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[test]
+    fn binding_a_taken_port_is_a_clear_error() {
+        let first = Driver::bind(loopback(), DriverOptions::default()).expect("bind");
+        let taken = first.local_addr();
+        match Driver::bind(taken, DriverOptions::default()) {
+            Err(e @ DriverError::Bind { .. }) => {
+                assert!(
+                    e.to_string()
+                        .starts_with(&format!("cannot bind UDP {taken}")),
+                    "{e}"
+                )
+            }
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("bound a taken port"),
+        }
+    }
+
+    #[test]
+    fn impairment_holds_datagrams_until_their_release() {
+        let delay = Duration::from_millis(50);
+        let options = DriverOptions {
+            impair: Some(ImpairConfig {
+                delay,
+                seed: 1,
+                ..ImpairConfig::default()
+            }),
+            ..DriverOptions::default()
+        };
+        let mut driver = Driver::bind(loopback(), options).expect("bind");
+        let mut endpoint = Endpoint::new(Config::default(), 1);
+        let t0 = now();
+        // A handshake datagram towards a port nobody listens on.
+        endpoint.connect(t0, SocketAddr::from(([127, 0, 0, 1], 9)));
+        assert_eq!(driver.flush(t0, &mut endpoint), 0, "sent before its delay");
+        let release = driver.next_deadline(&mut endpoint).expect("a deadline");
+        assert!(
+            release <= t0 + delay,
+            "deadline {:?} after the release",
+            release - t0
+        );
+        assert_eq!(driver.counters().datagrams_sent, 0);
+        // Time is an argument: at t0 + delay the held datagram goes out.
+        assert!(driver.flush(t0 + delay, &mut endpoint) >= 1);
+        assert!(driver.counters().datagrams_sent >= 1);
+        assert!(driver.impair_counters().expect("impaired").passed >= 1);
+    }
+
+    #[test]
+    fn a_noop_impairment_is_skipped() {
+        let options = DriverOptions {
+            impair: Some(ImpairConfig::default()),
+            ..DriverOptions::default()
+        };
+        let driver = Driver::bind(loopback(), options).expect("bind");
+        assert!(driver.impair_counters().is_none());
+    }
+}

@@ -70,6 +70,16 @@ impl RangeSet {
         if start >= end {
             return false;
         }
+        // Fast path: extending the highest range (in-order arrival).
+        if let Some(mut last) = self.map.last_entry() {
+            if start >= *last.key() && start <= *last.get() {
+                if end <= *last.get() {
+                    return false;
+                }
+                *last.get_mut() = end;
+                return true;
+            }
+        }
         // Merge with a range that starts at or before `start` and reaches it.
         if let Some((&s, &e)) = self.map.range(..=start).next_back() {
             if e >= end {

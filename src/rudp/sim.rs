@@ -301,10 +301,7 @@ impl Sim {
         let now = self.now;
         let addrs: Vec<SocketAddr> = self.nodes.keys().copied().collect();
         for src in addrs {
-            loop {
-                let Some(ep) = self.nodes.get_mut(&src) else {
-                    break;
-                };
+            while let Some(ep) = self.nodes.get_mut(&src) {
                 let mut buf = std::mem::take(&mut self.buf);
                 let t = ep.poll_transmit(now, &mut buf);
                 let Some(t) = t else {

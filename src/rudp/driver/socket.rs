@@ -214,6 +214,11 @@ impl BatchSocket {
                     warn!("UDP GSO refused ({e}); sending without segmentation offload");
                     self.info.gso = false;
                 }
+                Err(SendFailure::Unsupported(e)) => {
+                    warn!("sendmmsg unavailable ({e}); one datagram per system call");
+                    self.info.batch = false;
+                    self.info.gso = false;
+                }
                 Err(SendFailure::Refused { datagrams, error }) => {
                     if self.counters.send_errors < 10 {
                         warn!(
@@ -269,6 +274,15 @@ impl BatchSocket {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if self.info.batch && is_unsupported(&e) => {
+                    warn!("recvmmsg unavailable ({e}); one datagram per system call");
+                    self.info.batch = false;
+                    self.info.gso = false;
+                    if self.info.gro {
+                        self.info.gro = false;
+                        sys::disable_gro(&self.socket);
+                    }
+                }
                 Err(e) => {
                     // E.g. ECONNREFUSED from an ICMP error: nothing to read now.
                     self.counters.recv_errors += 1;
@@ -305,6 +319,8 @@ enum SendFailure {
     Interrupted,
     /// GSO is not usable on this path: disable it and retry.
     Offload(io::Error),
+    /// The batched system call does not exist here (old kernel, seccomp).
+    Unsupported(io::Error),
     /// The first `datagrams` queued datagrams cannot be sent: drop them.
     Refused {
         datagrams: usize,
@@ -322,9 +338,19 @@ impl SendFailure {
             {
                 SendFailure::Offload(error)
             }
+            _ if is_unsupported(&error) => SendFailure::Unsupported(error),
             _ => SendFailure::Refused { datagrams, error },
         }
     }
+}
+
+/// ENOSYS and friends: the system call itself is missing or forbidden.
+fn is_unsupported(e: &io::Error) -> bool {
+    // Not EPERM: a firewall rule refusing one datagram returns that too.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    )
 }
 
 fn set_buffers(socket: &socket2::Socket, size: usize) {
@@ -394,6 +420,12 @@ mod sys {
         let gso = setsockopt_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
         let gro = setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
         (gso, gro)
+    }
+
+    pub fn disable_gro(socket: &mio::net::UdpSocket) {
+        if let Err(e) = setsockopt_int(socket.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 0) {
+            log::warn!("cannot turn UDP GRO off: {e}");
+        }
     }
 
     fn write_sockaddr(addr: &SocketAddr, storage: &mut libc::sockaddr_storage) -> socklen_t {
@@ -640,6 +672,8 @@ mod sys {
     pub fn enable_offload(_: &socket2::Socket) -> (bool, bool) {
         (false, false)
     }
+
+    pub fn disable_gro(_: &mio::net::UdpSocket) {}
 
     pub fn send_batch(
         _: &mio::net::UdpSocket,
