@@ -243,16 +243,27 @@ impl Proc {
             .map_err(|e| DemoError::Io(format!("writing to {name}'s console"), e))
     }
 
-    /// Asks the process to quit, then kills it if it has not after `grace`.
-    fn stop(&mut self, grace: Duration) {
-        let _ = self.send("quit");
+    /// Asks the process to stop: `quit` on its console (a peer), or
+    /// SIGTERM (the tracker, which has no console).
+    fn ask_to_stop(&mut self, console: bool) {
+        if console {
+            let _ = self.send("quit");
+        } else if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
         self.stdin = None;
-        let deadline = Instant::now() + grace;
+    }
+
+    /// Waits until `deadline` for the process to exit, then kills it.
+    fn reap(&mut self, deadline: Instant) {
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(5));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -266,8 +277,17 @@ struct Processes {
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for p in self.procs.iter_mut().rev() {
-            p.stop(Duration::from_secs(2));
+        // Peers first (all at once), then the tracker (process 0).
+        for p in self.procs.iter_mut().skip(1) {
+            p.ask_to_stop(true);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for p in self.procs.iter_mut().skip(1) {
+            p.reap(deadline);
+        }
+        if let Some(t) = self.procs.first_mut() {
+            t.ask_to_stop(false);
+            t.reap(Instant::now() + Duration::from_secs(2));
         }
     }
 }
@@ -520,13 +540,7 @@ fn run_in(
             &mut note,
         )?;
     }
-    // Give the tracker's pushes a moment to reach the owner, then upload.
-    let settle = Instant::now() + Duration::from_millis(300);
-    while let Some(left) = settle.checked_duration_since(Instant::now()) {
-        if let Ok(line) = rx.recv_timeout(left) {
-            note(&line);
-        }
-    }
+    // The owner's upload fetches the whole group from the tracker itself.
     procs.procs[1].send(&format!("upload {file_name}"))?;
     let upload_at = Instant::now();
 
@@ -573,7 +587,7 @@ fn run_in(
         }
     }
     // Collect the lines still in flight.
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
         note(&line);
     }
     drop(procs);

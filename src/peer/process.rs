@@ -12,12 +12,11 @@
 //! `register-group` a downloading one over `DIR/<name>.part` (resumed when
 //! present), and `upload` calls `node.start_upload`.
 
-use super::bitmap::ChunkBitmap;
 use super::console::{Command, ParseError, HELP};
 use super::node::{Node, NodeConfig, NodeEvent};
 use super::progress::{self, Bars, Download, Summary};
-use super::storage::DiskStore;
-use super::swarm::{Swarm, SwarmConfig};
+use super::storage::StorageError;
+use super::swarm::{DiskRole, Swarm, SwarmConfig};
 use super::tracker_client::{TrackerClient, TrackerClientError, TrackerEvent};
 use crate::manifest::{hex, Digest32, Manifest};
 use crate::rudp::driver::Driver;
@@ -739,20 +738,8 @@ impl PeerLoop {
 
     /// A file we now share: a swarm over the complete file serves it.
     fn share(&mut self, m: &Manifest) {
-        match DiskStore::open_complete(&self.config.dir, m) {
-            Ok(store) => {
-                let seed = self.next_seed();
-                let swarm = Swarm::new(
-                    Instant::now(),
-                    m.clone(),
-                    self.local_udp(),
-                    Box::new(store),
-                    ChunkBitmap::full(m.chunk_count()),
-                    self.config.swarm.clone(),
-                    seed,
-                );
-                self.node.add_swarm(swarm);
-            }
+        match self.disk_swarm(DiskRole::Owner, m) {
+            Ok(swarm) => self.node.add_swarm(swarm),
             Err(e) => self.error(format_args!(
                 "register-peer {}: registered, but it cannot be served: {e}",
                 m.name
@@ -760,12 +747,25 @@ impl PeerLoop {
         }
     }
 
+    fn disk_swarm(&mut self, role: DiskRole, m: &Manifest) -> Result<Swarm, StorageError> {
+        let seed = self.next_seed();
+        Swarm::on_disk(
+            Instant::now(),
+            &self.config.dir,
+            role,
+            m.clone(),
+            self.local_udp(),
+            self.config.swarm.clone(),
+            seed,
+        )
+    }
+
     /// We joined a group: a downloading swarm over `DIR/<name>.part`,
     /// resumed if a `.part` of this file is there.
     fn start_download(&mut self, group: &GroupView) {
         let m = &group.manifest;
-        let (store, have) = match DiskStore::open_download(&self.config.dir, m) {
-            Ok(x) => x,
+        let swarm = match self.disk_swarm(DiskRole::Downloader, m) {
+            Ok(s) => s,
             Err(e) => {
                 let (name, dir) = (m.name.clone(), self.config.dir.display().to_string());
                 return self.error(format_args!(
@@ -773,8 +773,8 @@ impl PeerLoop {
                 ));
             }
         };
-        let held = have.count();
-        if held > 0 && !have.is_full() {
+        let held = swarm.have().count();
+        if held > 0 && !swarm.have().is_full() {
             self.say(format!(
                 "{}: resuming from {}.part: {held}/{} chunks already verified",
                 m.name,
@@ -783,16 +783,6 @@ impl PeerLoop {
             ));
         }
         let now = Instant::now();
-        let seed = self.next_seed();
-        let swarm = Swarm::new(
-            now,
-            m.clone(),
-            self.local_udp(),
-            Box::new(store),
-            have,
-            self.config.swarm.clone(),
-            seed,
-        );
         let complete = swarm.is_complete();
         self.node.add_swarm(swarm);
         let mut d = Download::new(m.name.clone(), m.file_hash, m.chunk_count(), m.size, held);
