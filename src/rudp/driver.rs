@@ -126,8 +126,10 @@ pub struct Driver {
     /// The socket buffer filled up at this time; cleared by the next send that
     /// goes through.
     blocked_since: Option<Instant>,
-    /// A budget ran out: there is more to do without waiting.
-    more_work: bool,
+    /// `recv` stopped at its budget with datagrams still waiting.
+    recv_pending: bool,
+    /// `flush` stopped at its budget with the endpoint still sending.
+    send_pending: bool,
     last_now: Option<Instant>,
 }
 
@@ -142,7 +144,8 @@ impl Driver {
             impair,
             datagram: Vec::with_capacity(super::DEFAULT_MAX_UDP_PAYLOAD),
             blocked_since: None,
-            more_work: false,
+            recv_pending: false,
+            send_pending: false,
             last_now: None,
         })
     }
@@ -185,9 +188,7 @@ impl Driver {
         let out = self.socket.recv(RECV_BUDGET, |from, data| {
             endpoint.handle_datagram(now, from, data)
         });
-        if !out.drained {
-            self.more_work = true;
-        }
+        self.recv_pending = !out.drained;
         out.datagrams
     }
 
@@ -203,6 +204,7 @@ impl Driver {
     /// the per-call budget is spent. Returns the datagrams handed to the kernel.
     pub fn flush(&mut self, now: Instant, endpoint: &mut Endpoint) -> usize {
         self.last_now = Some(now);
+        self.send_pending = false;
         let mut sent = 0;
         let mut taken = 0;
         loop {
@@ -216,7 +218,7 @@ impl Driver {
                 self.blocked_since = None;
             }
             if taken >= FLUSH_BUDGET {
-                self.more_work = true;
+                self.send_pending = true;
                 return sent;
             }
             if let Some(imp) = &mut self.impair {
@@ -251,7 +253,6 @@ impl Driver {
 
     /// Receives, runs due timers and sends: one turn of the loop.
     pub fn drive(&mut self, now: Instant, endpoint: &mut Endpoint) {
-        self.more_work = false;
         self.recv(now, endpoint);
         self.handle_timeout(now, endpoint);
         self.flush(now, endpoint);
@@ -260,7 +261,7 @@ impl Driver {
     /// When the driver next needs a turn: the endpoint's deadline, the next
     /// impairment release, or at once if a budget ran out.
     pub fn next_deadline(&mut self, endpoint: &mut Endpoint) -> Option<Instant> {
-        if self.more_work {
+        if self.recv_pending || self.send_pending {
             if let Some(t) = self.last_now {
                 return Some(t);
             }
@@ -393,6 +394,42 @@ mod tests {
         assert!(driver.flush(t0 + delay, &mut endpoint) >= 1);
         assert!(driver.counters().datagrams_sent >= 1);
         assert!(driver.impair_counters().expect("impaired").passed >= 1);
+    }
+
+    #[test]
+    fn a_recv_budget_left_over_means_come_back_at_once() {
+        let mut driver = Driver::bind(loopback(), DriverOptions::default()).expect("bind");
+        let mut endpoint = Endpoint::new(Config::default(), 1);
+        let junk = std::net::UdpSocket::bind(loopback()).expect("bind");
+        for i in 0..(3 * RECV_BUDGET) {
+            // Distinct sizes so that GRO cannot merge them into one.
+            junk.send_to(&vec![0x5a; 10 + i], driver.local_addr())
+                .expect("send");
+        }
+        let t = now();
+        let mut got = driver.recv(t, &mut endpoint);
+        assert!(got < 3 * RECV_BUDGET);
+        assert_eq!(
+            driver.next_deadline(&mut endpoint),
+            Some(t),
+            "more is waiting"
+        );
+        let mut turns = 1;
+        while got < 3 * RECV_BUDGET && turns < 1000 {
+            got += driver.recv(t, &mut endpoint);
+            turns += 1;
+        }
+        assert_eq!(got, 3 * RECV_BUDGET);
+        assert!(turns >= 3, "the budget was not applied");
+        // Drained now (the loop above may have stopped exactly at a budget).
+        driver.recv(t, &mut endpoint);
+        driver.flush(t, &mut endpoint);
+        assert_eq!(
+            driver.next_deadline(&mut endpoint),
+            None,
+            "nothing to do, no timer"
+        );
+        assert_eq!(driver.counters().datagrams_received, 3 * RECV_BUDGET as u64);
     }
 
     #[test]

@@ -709,8 +709,11 @@ mod tests {
     fn roundtrip(batch: bool, gso: bool) {
         let (mut a, mut b) = pair(batch, gso);
         let to = b.local_addr();
+        let from = a.local_addr();
         let mut queue = TransmitQueue::new();
         let mut sent = Vec::new();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let limit = Instant::now() + Duration::from_secs(5);
         for i in 0..300u32 {
             let len = if i % 50 == 49 { 700 } else { 1200 };
             let d: Vec<u8> = (0..len).map(|j| (i as usize * 7 + j) as u8).collect();
@@ -720,15 +723,14 @@ mod tests {
                 let out = a.send(&mut queue);
                 assert!(!out.blocked);
                 assert_eq!(out.datagrams, 100);
+                // Read each hundred before sending more: fits any SO_RCVBUF.
+                while got.len() < sent.len() && Instant::now() < limit {
+                    b.recv(64, |src, d| {
+                        assert_eq!(src, from);
+                        got.push(d.to_vec());
+                    });
+                }
             }
-        }
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        let limit = Instant::now() + Duration::from_secs(5);
-        while got.len() < sent.len() && Instant::now() < limit {
-            b.recv(64, |from, d| {
-                assert_eq!(from, a.local_addr());
-                got.push(d.to_vec());
-            });
         }
         assert_eq!(got.len(), sent.len());
         assert!(got == sent, "datagrams differ");
