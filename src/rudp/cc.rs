@@ -206,6 +206,8 @@ impl Bbr {
     pub const BETA: f64 = 0.7;
     /// A round whose smallest RTT exceeds min_rtt by this factor has a standing queue.
     pub const QUEUE_RTT_FACTOR: f64 = 1.5;
+    /// Largest send quantum (draft-cardwell-iccrg-bbr: 64 KB).
+    pub const MAX_QUANTUM: u64 = 64 * 1024;
     /// Rounds with fewer packets than this say nothing about loss rate.
     const MIN_ROUND_PACKETS: u64 = 16;
     /// Random-loss compensation is capped at this loss rate.
@@ -300,16 +302,24 @@ impl Bbr {
         self.round_max_inflight = 0;
     }
 
+    /// Send quantum: what the pacer releases in one burst, about 1 ms at the
+    /// bottleneck rate, between 2 MSS and 64 KB (Linux BBR's tso_segs_goal).
+    fn quantum(&self) -> u64 {
+        let per_ms = self.btl_bw() / 1000;
+        per_ms.clamp(2 * self.mss, Self::MAX_QUANTUM.max(2 * self.mss))
+    }
+
     fn update_cwnd(&mut self) {
+        // BBRQuantizationBudget: 3 quanta on top of the BDP, so that on very
+        // short paths (loopback) ACK and send batching do not starve the pipe.
+        let extra = 3 * self.quantum();
         let target = match self.state {
             BbrState::ProbeRtt => 4 * self.mss,
             BbrState::Startup => self
                 .bdp(Self::HIGH_GAIN)
-                .map_or(self.cwnd, |b| b + 3 * self.mss)
+                .map_or(self.cwnd, |b| b + extra)
                 .max(self.cwnd),
-            _ => self
-                .bdp(Self::CWND_GAIN)
-                .map_or(self.cwnd, |b| b + 3 * self.mss),
+            _ => self.bdp(Self::CWND_GAIN).map_or(self.cwnd, |b| b + extra),
         };
         self.cwnd = target.min(self.inflight_hi).max(4 * self.mss);
     }
