@@ -148,11 +148,11 @@ fn swarm_star_has_the_asked_path_between_peers() {
     // 1 owner + 3 downloaders at 20 Mbit/s, 80 Mbit: max(4, 240/80 = 3) s; client-server 12 s.
     assert_eq!(v["p2p_bound_s"].as_f64(), Some(4.0));
     assert_eq!(v["client_server_s"].as_f64(), Some(12.0));
-    if let Some(t) = v["measured_s"].as_f64() {
-        assert!(t >= 4.0, "faster than the lower bound: {t}");
-    } else {
-        eprintln!("no distribution time: {}", v["note"]);
-    }
+    // The demo ran in the namespaces and every copy was verified.
+    let t = v["measured_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no distribution time: {}", v["note"]));
+    assert!(t >= 4.0, "faster than the lower bound: {t}");
     assert!(
         namespaces_of(pid).is_empty(),
         "left behind: {:?}",

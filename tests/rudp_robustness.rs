@@ -558,3 +558,40 @@ fn a_lost_datagram_holds_back_only_its_own_message() {
         assert!(ea.stats(h).unwrap().packets_retransmitted >= 1);
     }
 }
+
+#[test]
+fn flow_control_bounds_receiver_memory() {
+    let window = 64 * 1024;
+    let cfg = Config {
+        recv_window: window,
+        max_message_size: window,
+        ..Config::default()
+    };
+    let (mut sim, h) = pair(5, cfg, link(0.05));
+    let msgs = 60u32;
+    for i in 0..msgs {
+        let mut m = vec![0u8; 40_000];
+        m[..4].copy_from_slice(&i.to_be_bytes());
+        sim.endpoint(a()).send(h, m, i % 3 == 0).unwrap();
+    }
+    let mut got = 0;
+    let mut peak = 0;
+    let done = sim.run_until(Duration::from_secs(120), |s| {
+        for (_, e) in events(s) {
+            if let Event::Message(_) = e {
+                got += 1;
+            }
+        }
+        let ep = s.endpoint(b());
+        for hb in ep.connections() {
+            peak = peak.max(ep.memory_usage(hb).unwrap_or(0));
+        }
+        got == msgs
+    });
+    assert!(done, "{got} of {msgs}");
+    // Buffered message bytes stay within the window plus one message; the
+    // rest is fixed-size bookkeeping.
+    let bound = 2 * window + 64 * 1024;
+    assert!(peak <= bound, "receiver held {peak} bytes, bound {bound}");
+    assert!(peak > window / 2, "the window was used: {peak}");
+}

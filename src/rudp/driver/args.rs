@@ -71,7 +71,6 @@ impl TransportArgs {
             socket_buffer: usize::try_from(self.socket_buffer).unwrap_or(usize::MAX),
             batch: !self.no_batch,
             gso: !self.no_batch && !self.no_gso,
-            ..DriverOptions::default()
         }
     }
 }

@@ -28,13 +28,17 @@ pub const DEFAULT_PORT: u16 = 7000;
 /// that a slow path does not leave many seconds of data queued at `--time`'s end.
 const SEND_BACKLOG: usize = 8 << 20;
 
-/// Two congestion windows plus two messages, at most `SEND_BACKLOG`.
+/// Four congestion windows plus four messages, at most `SEND_BACKLOG`. The
+/// endpoint counts a message in its backlog until every fragment is acked,
+/// so under loss messages waiting on a retransmission sit there beyond the
+/// window in flight; this keeps the connection from going application-limited.
 fn send_backlog_limit(cwnd: u64) -> usize {
     let cwnd = usize::try_from(cwnd).unwrap_or(SEND_BACKLOG);
-    cwnd.saturating_mul(2)
-        .saturating_add(2 * MESSAGE_SIZE)
+    cwnd.saturating_mul(4)
+        .saturating_add(4 * MESSAGE_SIZE)
         .min(SEND_BACKLOG)
 }
+
 /// How long a client waits for the handshake and for the final report.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 const REPORT_LIMIT: Duration = Duration::from_secs(30);
