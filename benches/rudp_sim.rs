@@ -135,7 +135,7 @@ fn main() {
     println!("| controller | loss | goodput (Mbit/s) | lost pkts | retransmitted pkts | max mem sender / receiver |");
     println!("|---|---|---|---|---|---|");
     for cc in [CcKind::Bbr, CcKind::NewReno] {
-        for loss in [0.0, 0.01, 0.05, 0.10] {
+        for loss in [0.0, 0.01, 0.05, 0.10, 0.30] {
             let r = run(cc, loss, 1, secs, warm, 1);
             println!(
                 "| {cc} | {:.0}% | {:.1} | {} | {} | {:.1} MB / {:.1} MB |",
