@@ -136,7 +136,7 @@ impl DemoReport {
         ));
         out.push_str(&format!(
             "{:<8} {:>9} {:>9}  {}\n",
-            "client", "time", "verified", "chunks per source"
+            "client", "time", "verified", "chunks per source (peer0 owns the file)"
         ));
         for c in &self.clients {
             let time = c
@@ -301,6 +301,15 @@ pub fn parse_chunk_line(line: &str) -> Option<(u32, u32, String)> {
     Some((i.parse().ok()?, n.parse().ok()?, src.to_string()))
 }
 
+/// The address in a peer's `peer 3 online: tracker …, rudp at 127.0.0.1:7001, dir …` line.
+fn parse_rudp_address(line: &str) -> Option<String> {
+    if !line.contains(" online: ") {
+        return None;
+    }
+    let rest = &line[line.find("rudp at ")? + 8..];
+    Some(rest.split([',', ' ']).next()?.to_string())
+}
+
 fn expand(template: &str, i: usize) -> String {
     template.replace("{i}", &i.to_string())
 }
@@ -441,10 +450,14 @@ fn run_in(
     let (tx, rx) = mpsc::channel::<Line>();
     let mut procs = Processes { procs: Vec::new() };
     let mut chunks: Vec<BTreeMap<String, u32>> = vec![BTreeMap::new(); opts.peers];
+    // Each peer's rudp address, from its `… online: …, rudp at ADDR, …` line.
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut note = |line: &Line| {
         if line.who >= 1 && line.who <= opts.peers {
             if let Some((_, _, src)) = parse_chunk_line(&line.text) {
                 *chunks[line.who - 1].entry(src).or_default() += 1;
+            } else if let Some(addr) = parse_rudp_address(&line.text) {
+                names.insert(addr, format!("peer{}", line.who - 1));
             }
         }
     };
@@ -597,7 +610,10 @@ fn run_in(
             path: dirs[i].join(&file_name),
             elapsed: done[i].map(|d| d.0),
             sha256: done[i].map(|d| d.1),
-            chunks_from: chunks[i].clone(),
+            chunks_from: chunks[i]
+                .iter()
+                .map(|(src, &n)| (names.get(src).cloned().unwrap_or_else(|| src.clone()), n))
+                .collect(),
         })
         .collect();
     let report = DemoReport {
@@ -626,6 +642,17 @@ mod tests {
         );
         assert_eq!(parse_chunk_line("chunk x/2 from a"), None);
         assert_eq!(parse_chunk_line("no chunks here"), None);
+    }
+
+    #[test]
+    fn rudp_addresses() {
+        assert_eq!(
+            parse_rudp_address(
+                "peer 3 online: tracker 127.0.0.1:5150, rudp at 127.0.0.1:7001, dir /d"
+            ),
+            Some("127.0.0.1:7001".into())
+        );
+        assert_eq!(parse_rudp_address("chunk 1/2 from 127.0.0.1:5"), None);
     }
 
     #[test]

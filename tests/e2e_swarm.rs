@@ -138,6 +138,19 @@ struct Swarm {
     _work: TempDir,
 }
 
+/// On a failure, shows what every process printed.
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for p in std::iter::once(&mut self.tracker).chain(self.peers.iter_mut()) {
+            p.drain();
+            eprintln!("---- {} ----\n{}", p.name, p.lines.join("\n"));
+        }
+    }
+}
+
 struct TempDir(PathBuf);
 
 impl Drop for TempDir {
@@ -379,7 +392,9 @@ fn a_peer_restarted_mid_download_resumes_from_its_part_file() {
     );
     assert!(!s.dirs[1].join(FILE).exists(), "complete before the kill");
 
-    // Same directory, new process (and port).
+    // The tracker drops the dead peer (the owner's group is empty for a
+    // moment); then the same directory, a new process (and port).
+    s.peers[0].expect("left; members now 0");
     let mut again = start_peer("peer1-again", &s.dirs[1], &s.port, &rate("600KB/s"));
     again.send(&format!("register-group {FILE}"));
     again.expect(&format!("joined the group of {FILE}"));

@@ -24,7 +24,7 @@
 use super::swarm::{Action, DownReason, Swarm, SwarmError};
 use crate::manifest::{ChunkIndex, Digest32};
 use crate::rudp::{ConnectionError, ConnectionHandle, Endpoint, Event, Transmit};
-use crate::wire::swarm::Message;
+use crate::wire::swarm::{Body, Message};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
@@ -133,7 +133,15 @@ pub struct Node {
     counters: NodeCounters,
     /// Rotates which swarm uploads first on a connection.
     turn: usize,
+    /// Hellos for files we have no swarm for yet (at most
+    /// [`EARLY_HELLOS`]): a peer that just joined a group can hear from the
+    /// owner, who learnt of it from the tracker, before its own copy of the
+    /// group (and so its swarm) arrives. `on_group` replays them.
+    early_hellos: VecDeque<(SocketAddr, Message)>,
 }
+
+/// Early Hellos kept (oldest dropped first); each is at most a bitmap.
+pub const EARLY_HELLOS: usize = 64;
 
 impl Node {
     pub fn new(config: NodeConfig) -> Node {
@@ -198,6 +206,17 @@ impl Node {
     ) -> Result<(), NodeError> {
         let swarm = self.swarms.get_mut(file).ok_or(NodeError::UnknownFile)?;
         swarm.on_group(now, owner, members);
+        let (early, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.early_hellos)
+            .into_iter()
+            .partition(|(_, m)| m.file == *file);
+        self.early_hellos = rest;
+        for (from, msg) in early {
+            if self.up_handle(from).is_some() {
+                if let Some(s) = self.swarms.get_mut(file) {
+                    s.on_message(now, from, msg);
+                }
+            }
+        }
         self.process(now, ep);
         Ok(())
     }
@@ -292,7 +311,15 @@ impl Node {
                     Err(_) => self.counters.undecodable += 1,
                     Ok(msg) => match self.swarms.get_mut(&msg.file) {
                         Some(s) => s.on_message(now, remote, msg),
-                        None => self.counters.unknown_file += 1,
+                        None => {
+                            self.counters.unknown_file += 1;
+                            if matches!(msg.body, Body::Hello { .. }) {
+                                if self.early_hellos.len() >= EARLY_HELLOS {
+                                    self.early_hellos.pop_front();
+                                }
+                                self.early_hellos.push_back((remote, msg));
+                            }
+                        }
                     },
                 }
             }
@@ -317,6 +344,7 @@ impl Node {
                 }
                 if other.is_none() {
                     self.primary.remove(&gone.remote);
+                    self.early_hellos.retain(|(a, _)| *a != gone.remote);
                 }
                 let reason = match why {
                     ConnectionError::LocallyClosed | ConnectionError::PeerClosed => {
@@ -529,5 +557,80 @@ impl EndpointNode {
 
     pub fn start_upload(&mut self, now: Instant, file: &Digest32) -> Result<(), NodeError> {
         self.node.start_upload(now, &mut self.endpoint, file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use crate::peer::bitmap::ChunkBitmap;
+    use crate::peer::storage::MemoryStore;
+    use crate::peer::swarm::SwarmConfig;
+    use crate::rudp::sim::Sim;
+    use crate::rudp::Config;
+    use std::time::Duration;
+
+    fn swarm(now: Instant, at: SocketAddr, m: &Manifest, data: Option<&[u8]>) -> Swarm {
+        let n = m.chunk_count();
+        let (store, have) = match data {
+            Some(d) => (MemoryStore::with_file(m, d), ChunkBitmap::full(n)),
+            None => (MemoryStore::empty(m), ChunkBitmap::empty(n)),
+        };
+        Swarm::new(
+            now,
+            m.clone(),
+            at,
+            Box::new(store),
+            have,
+            SwarmConfig::default(),
+            7,
+        )
+    }
+
+    /// The owner hears of a new member from the tracker and connects and
+    /// says Hello before the member's own group view (and swarm) exists:
+    /// the Hello is kept and replayed, and the member completes.
+    #[test]
+    fn a_hello_before_the_swarm_exists_is_replayed() {
+        let (o, m) = (
+            SocketAddr::from(([10, 0, 0, 1], 7001)),
+            SocketAddr::from(([10, 0, 0, 2], 7001)),
+        );
+        let data: Vec<u8> = (0..350_000u32).map(|i| (i % 251) as u8).collect();
+        let manifest = Manifest::of_bytes("f.bin", &data);
+        let file = manifest.file_hash;
+        let mut sim = Sim::new(1);
+        sim.add_node(o, Endpoint::new(Config::default(), 1));
+        sim.add_node(m, Endpoint::new(Config::default(), 2));
+        let now = sim.now();
+        let (mut owner, mut member) = (Node::default(), Node::default());
+        owner.add_swarm(swarm(now, o, &manifest, Some(&data)));
+        owner
+            .on_group(now, sim.endpoint(o), &file, Some(o), &[m])
+            .unwrap();
+        owner.start_upload(now, sim.endpoint(o), &file).unwrap();
+        let mut joined = false;
+        for _ in 0..100_000 {
+            sim.run_for(Duration::from_millis(1));
+            let now = sim.now();
+            owner.handle_timeout(now, sim.endpoint(o));
+            member.handle_timeout(now, sim.endpoint(m));
+            if !joined && member.early_hellos.len() == 1 {
+                // Only now does the member's join reach it.
+                joined = true;
+                member.add_swarm(swarm(now, m, &manifest, None));
+                member
+                    .on_group(now, sim.endpoint(m), &file, Some(o), &[m])
+                    .unwrap();
+            }
+            while let Some(ev) = member.poll_event() {
+                if let NodeEvent::Complete { .. } = ev {
+                    assert!(member.early_hellos.is_empty());
+                    return;
+                }
+            }
+        }
+        panic!("joined {joined}: the member never completed");
     }
 }

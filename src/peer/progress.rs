@@ -124,7 +124,7 @@ impl Download {
         self.bytes += len;
         self.received += 1;
         if let Some(bar) = &self.bar {
-            bar.inc(1);
+            bar.inc(len);
         }
     }
 
@@ -146,12 +146,15 @@ impl Download {
 /// and the two would fight, so the prompt wins and `status` shows progress).
 pub struct Bars {
     multi: Option<MultiProgress>,
+    /// The bars drawn (handles; finished ones are pruned).
+    shown: Vec<ProgressBar>,
 }
 
 impl Bars {
     pub fn new(enabled: bool) -> Self {
         Bars {
             multi: enabled.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout())),
+            shown: Vec::new(),
         }
     }
 
@@ -162,29 +165,36 @@ impl Bars {
     /// Turns bars off for good (the line editor took the terminal).
     pub fn disable(&mut self) {
         self.multi = None;
+        self.shown.clear();
     }
 
     /// Gives `d` a bar, when bars are on.
-    pub fn attach(&self, d: &mut Download, have: u32) {
+    pub fn attach(&mut self, d: &mut Download, have: u32) {
         let Some(multi) = &self.multi else {
             return;
         };
-        let bar = multi.add(ProgressBar::new(u64::from(d.chunk_count)));
+        let bar = multi.add(ProgressBar::new(d.size));
         bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} chunks {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_message(d.name.clone());
-        bar.set_position(u64::from(have));
+        let held = u64::from(have) * u64::from(crate::manifest::CHUNK_SIZE);
+        bar.set_position(held.min(d.size));
+        self.shown.push(bar.clone());
         d.bar = Some(bar);
     }
 
-    /// Prints a line above the bars; false when bars are off (print it yourself).
-    pub fn println(&self, line: &str) -> bool {
+    /// Prints a line above the bars; false when no bar is on screen (print
+    /// it yourself).
+    pub fn println(&mut self, line: &str) -> bool {
+        self.shown.retain(|b| !b.is_finished());
         match &self.multi {
-            Some(m) => m.println(line).is_ok(),
-            None => false,
+            Some(m) if !self.shown.is_empty() => m.println(line).is_ok(),
+            _ => false,
         }
     }
 }
