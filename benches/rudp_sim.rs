@@ -4,7 +4,8 @@
 //! under random loss, two flows sharing that bottleneck, and memory per
 //! connection at full window.
 //!
-//! Run: `cargo bench --bench rudp_sim` (add `-- --quick` for shorter runs).
+//! Run: `cargo bench --bench rudp_sim` (add `-- --quick` for shorter runs;
+//! `RUDP_SIM_SEED=N` changes the seed, 1 by default).
 
 use chunkswarm::rudp::impair::ImpairConfig;
 use chunkswarm::rudp::sim::{LinkConfig, Sim};
@@ -128,6 +129,10 @@ fn run(cc: CcKind, loss: f64, nflows: usize, secs: u64, warm: u64, seed: u64) ->
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let seed: u64 = std::env::var("RUDP_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let (secs, warm) = if quick { (10, 2) } else { (30, 5) };
     println!("rudp on a simulated 100 Mbit/s path, 40 ms RTT, one-BDP (500 kB) drop-tail queue");
     println!("goodput = application bytes delivered from t={warm}s to t={secs}s (virtual time)");
@@ -136,7 +141,7 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     for cc in [CcKind::Bbr, CcKind::NewReno] {
         for loss in [0.0, 0.01, 0.05, 0.10, 0.30] {
-            let r = run(cc, loss, 1, secs, warm, 1);
+            let r = run(cc, loss, 1, secs, warm, seed);
             println!(
                 "| {cc} | {:.0}% | {:.1} | {} | {} | {:.1} MB / {:.1} MB |",
                 loss * 100.0,
@@ -153,7 +158,7 @@ fn main() {
     println!("|---|---|---|---|");
     for cc in [CcKind::Bbr, CcKind::NewReno] {
         for loss in [0.0, 0.01] {
-            let r = run(cc, loss, 2, secs, warm, 2);
+            let r = run(cc, loss, 2, secs, warm, seed + 1);
             let (x, y) = (r.goodput_mbps[0], r.goodput_mbps[1]);
             println!(
                 "| {cc}, {:.0}% loss | {x:.1} | {y:.1} | {:.2} |",

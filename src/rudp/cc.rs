@@ -185,7 +185,7 @@ pub struct Bbr {
     round_acked: u64,
     round_min_rtt: Duration,
     round_max_inflight: u64,
-    /// Long-run loss rate per round (EWMA with gain 1/8).
+    /// Long-run loss rate of uncongested rounds (EWMA with gain 1/8).
     loss_ewma: f64,
     cwnd: u64,
 }
@@ -208,6 +208,8 @@ impl Bbr {
     pub const QUEUE_RTT_FACTOR: f64 = 1.5;
     /// Largest send quantum (draft-cardwell-iccrg-bbr: 64 KB).
     pub const MAX_QUANTUM: u64 = 64 * 1024;
+    /// Fewest lost packets in a round that can mark it congested.
+    const MIN_CONGESTION_LOSSES: u64 = 3;
     /// Rounds with fewer packets than this say nothing about loss rate.
     const MIN_ROUND_PACKETS: u64 = 16;
     /// Random-loss compensation is capped at this loss rate.
@@ -278,8 +280,16 @@ impl Bbr {
             // Even the round's smallest RTT sample well above min_rtt: a
             // standing queue (a single delayed ACK cannot fake this).
             let queued = self.round_min_rtt.as_secs_f64() > min_rtt * Self::QUEUE_RTT_FACTOR;
-            self.loss_ewma = 0.875 * self.loss_ewma + 0.125 * rate;
-            if rate > Self::LOSS_THRESH && queued {
+            // 2% beyond the long-run random loss of uncongested rounds, and
+            // more than a couple of packets: a flow with a small share sends
+            // few packets per round, and random loss must not read as
+            // congestion there (it would starve further).
+            let excess = rate > self.loss_ewma + Self::LOSS_THRESH
+                && self.round_lost >= Self::MIN_CONGESTION_LOSSES * self.mss;
+            if !(excess && queued) {
+                self.loss_ewma = 0.875 * self.loss_ewma + 0.125 * rate;
+            }
+            if excess && queued {
                 // Congested round: back inflight_hi off from what was in flight.
                 let base = self.round_max_inflight.min(self.inflight_hi);
                 self.inflight_hi = ((base as f64 * Self::BETA) as u64).max(4 * self.mss);
@@ -698,8 +708,12 @@ mod tests {
         assert_eq!(bbr.inflight_hi(), None);
         let cwnd = bbr.window();
         assert!(cwnd >= 2 * 7_000_000 / 50, "cwnd {cwnd} below 2 x BDP");
-        // The same loss with every RTT sample doubled (a full queue): back off.
-        bbr_rounds(&mut bbr, &mut rtt, t, 40, 20, 3);
+        // The same 5% with every RTT sample doubled (a queue) is still the
+        // random rate: no back-off.
+        let t = bbr_rounds(&mut bbr, &mut rtt, t, 40, 20, 3);
+        assert_eq!(bbr.inflight_hi(), None);
+        // A standing queue that drops 10%, well above the random rate: back off.
+        bbr_rounds(&mut bbr, &mut rtt, t, 40, 10, 3);
         let hi = bbr
             .inflight_hi()
             .expect("a congested round sets inflight_hi");
