@@ -3,6 +3,7 @@
 //! from a prompt or, when stdin is not a terminal, one per line.
 
 use chunkswarm::cli::parse_rate;
+use chunkswarm::peer::node::NodeConfig;
 use chunkswarm::peer::process::{
     connect_tracker, spawn_console, spawn_signal_listener, PeerConfig, PeerLoop,
 };
@@ -37,8 +38,9 @@ struct Args {
     /// often as the tracker asks).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     heartbeat_ms: u64,
-    /// Cap the rate at which this peer sends on each rudp connection, as a
-    /// size per second (`2MB/s`) or in bits (`20mbit`). Default: no cap.
+    /// Cap this peer's upload rate (chunks to all peers together; each
+    /// connection is also paced at most at this rate), as a size per second
+    /// (`2MB/s`) or in bits (`20mbit`). Default: no cap.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     max_upload: Option<u64>,
     /// Do not print a line per chunk received (the summary is still printed).
@@ -110,6 +112,10 @@ fn run(args: Args) -> Result<(), String> {
         rudp: chunkswarm::rudp::Config {
             max_send_rate: args.max_upload,
             ..args.transport.endpoint_config()
+        },
+        node: NodeConfig {
+            max_upload_rate: args.max_upload,
+            ..NodeConfig::default()
         },
         swarm: SwarmConfig {
             corrupt_uploads: args.corrupt_served_chunks,

@@ -22,7 +22,7 @@
 //! ```
 
 use super::swarm::{Action, DownReason, Swarm, SwarmError};
-use crate::manifest::{ChunkIndex, Digest32};
+use crate::manifest::{ChunkIndex, Digest32, CHUNK_SIZE};
 use crate::rudp::{ConnectionError, ConnectionHandle, Endpoint, Event, Transmit};
 use crate::wire::swarm::{Body, Message};
 use std::collections::{BTreeMap, VecDeque};
@@ -37,12 +37,20 @@ pub struct NodeConfig {
     /// bytes are below this. It must cover the path's bandwidth-delay product
     /// (1 MiB: 100 Mbit/s x 80 ms), and bounds the memory a connection holds.
     pub send_backlog_limit: usize,
+    /// Bytes of chunks per second handed to all connections together
+    /// (`--max-upload`; a token bucket with a burst of
+    /// [`UPLOAD_BURST`] worth of time, at least two chunks); None = no cap.
+    pub max_upload_rate: Option<u64>,
 }
+
+/// The upload cap's bucket holds this much time's worth of bytes.
+pub const UPLOAD_BURST: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             send_backlog_limit: 1 << 20,
+            max_upload_rate: None,
         }
     }
 }
@@ -138,6 +146,11 @@ pub struct Node {
     /// owner, who learnt of it from the tracker, before its own copy of the
     /// group (and so its swarm) arrives. `on_group` replays them.
     early_hellos: VecDeque<(SocketAddr, Message)>,
+    /// Upload cap: bytes that may still be sent (negative: owed), as of
+    /// `tokens_at`, and when the bucket is positive again if it ran dry.
+    upload_tokens: f64,
+    tokens_at: Option<Instant>,
+    upload_wait: Option<Instant>,
 }
 
 /// Early Hellos kept (oldest dropped first); each is at most a bitmap.
@@ -190,9 +203,14 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// Earliest swarm deadline (the endpoint has its own `poll_timeout`).
+    /// Earliest swarm deadline, or when the upload cap lets the next chunk
+    /// go (the endpoint has its own `poll_timeout`).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.swarms.values().filter_map(|s| s.poll_timeout()).min()
+        self.swarms
+            .values()
+            .filter_map(|s| s.poll_timeout())
+            .chain(self.upload_wait)
+            .min()
     }
 
     /// The tracker's view of a file's group changed.
@@ -265,7 +283,7 @@ impl Node {
             for (file, a) in actions {
                 self.apply(now, ep, file, a);
             }
-            busy |= self.pump_uploads(ep);
+            busy |= self.pump_uploads(now, ep);
             if !busy {
                 return;
             }
@@ -445,8 +463,31 @@ impl Node {
         }
     }
 
-    /// Hands chunks to every connection with room; true if it sent any.
-    fn pump_uploads(&mut self, ep: &mut Endpoint) -> bool {
+    /// Refills the upload cap's bucket; false if it is empty (then
+    /// `upload_wait` says when it is not).
+    fn upload_allowed(&mut self, now: Instant) -> bool {
+        let Some(rate) = self.config.max_upload_rate.filter(|&r| r > 0) else {
+            return true;
+        };
+        let rate = rate as f64;
+        let burst = (rate * UPLOAD_BURST.as_secs_f64()).max(2.0 * CHUNK_SIZE as f64);
+        let elapsed = self.tokens_at.map_or(burst / rate, |t| {
+            now.saturating_duration_since(t).as_secs_f64()
+        });
+        self.upload_tokens = (self.upload_tokens + elapsed * rate).min(burst);
+        self.tokens_at = Some(now);
+        if self.upload_tokens > 0.0 {
+            self.upload_wait = None;
+            return true;
+        }
+        let wait = std::time::Duration::from_secs_f64((1.0 - self.upload_tokens) / rate);
+        self.upload_wait = Some(now + wait);
+        false
+    }
+
+    /// Hands chunks to every connection with room, within the upload cap;
+    /// true if it sent any.
+    fn pump_uploads(&mut self, now: Instant, ep: &mut Endpoint) -> bool {
         let mut sent = false;
         let peers: Vec<(SocketAddr, ConnectionHandle)> = self
             .primary
@@ -461,6 +502,9 @@ impl Node {
         for (peer, h) in peers {
             let mut idle = 0;
             while idle < n && ep.send_backlog(h) < self.config.send_backlog_limit {
+                if !self.upload_allowed(now) {
+                    return sent;
+                }
                 self.turn = (self.turn + 1) % n;
                 let Some(s) = self.swarms.values_mut().nth(self.turn) else {
                     break;
@@ -469,7 +513,11 @@ impl Node {
                     Some(msg) => {
                         idle = 0;
                         sent = true;
-                        if ep.send(h, msg.encode(), false).is_err() {
+                        let bytes = msg.encode();
+                        if self.config.max_upload_rate.is_some() {
+                            self.upload_tokens -= bytes.len() as f64;
+                        }
+                        if ep.send(h, bytes, false).is_err() {
                             self.counters.send_errors += 1;
                         }
                     }
@@ -569,6 +617,7 @@ mod tests {
     use crate::peer::swarm::SwarmConfig;
     use crate::rudp::sim::Sim;
     use crate::rudp::Config;
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     fn swarm(now: Instant, at: SocketAddr, m: &Manifest, data: Option<&[u8]>) -> Swarm {
@@ -632,5 +681,61 @@ mod tests {
             }
         }
         panic!("joined {joined}: the member never completed");
+    }
+
+    /// With `max_upload_rate` the owner's chunks to two members together
+    /// take at least size / rate of virtual time (not per connection);
+    /// without it, far less.
+    #[test]
+    fn the_upload_cap_holds_for_all_connections_together() {
+        let run = |cap: Option<u64>| -> Duration {
+            let o = SocketAddr::from(([10, 0, 0, 1], 7001));
+            let members = [
+                SocketAddr::from(([10, 0, 0, 2], 7001)),
+                SocketAddr::from(([10, 0, 0, 3], 7001)),
+            ];
+            let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
+            let manifest = Manifest::of_bytes("f.bin", &data);
+            let file = manifest.file_hash;
+            let mut sim = Sim::new(3);
+            let now = sim.now();
+            let mut nodes = BTreeMap::new();
+            for (i, &a) in std::iter::once(&o).chain(&members).enumerate() {
+                sim.add_node(a, Endpoint::new(Config::default(), i as u64));
+                let mut node = Node::new(NodeConfig {
+                    max_upload_rate: if a == o { cap } else { None },
+                    ..NodeConfig::default()
+                });
+                let d = (a == o).then_some(&data[..]);
+                node.add_swarm(swarm(now, a, &manifest, d));
+                node.on_group(now, sim.endpoint(a), &file, Some(o), &members)
+                    .unwrap();
+                nodes.insert(a, node);
+            }
+            let owner = nodes.get_mut(&o).unwrap();
+            owner.start_upload(now, sim.endpoint(o), &file).unwrap();
+            let mut done = 0;
+            for _ in 0..200_000 {
+                sim.run_for(Duration::from_millis(1));
+                let now = sim.now();
+                for (&a, node) in nodes.iter_mut() {
+                    node.handle_timeout(now, sim.endpoint(a));
+                    while let Some(ev) = node.poll_event() {
+                        done += usize::from(matches!(ev, NodeEvent::Complete { .. }));
+                    }
+                }
+                if done == 2 {
+                    return sim.elapsed();
+                }
+            }
+            panic!("cap {cap:?}: only {done} of 2 members completed");
+        };
+        // Each chunk leaves the owner once: 1 MB at 500 kB/s, less the
+        // bucket's burst (two chunks, and one more sent on credit), is at
+        // least 1.39 s (a cap per connection would let it go in about 1 s).
+        let capped = run(Some(500_000));
+        assert!(capped >= Duration::from_millis(1350), "{capped:?}");
+        let free = run(None);
+        assert!(free < Duration::from_millis(500), "{free:?}");
     }
 }

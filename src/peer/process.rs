@@ -109,6 +109,8 @@ pub struct PeerConfig {
     pub advertise: Option<std::net::IpAddr>,
     /// rudp settings (congestion control, MTU, `--max-upload` pacing cap).
     pub rudp: RudpConfig,
+    /// Node settings (the `--max-upload` cap on all uploads together).
+    pub node: NodeConfig,
     /// Swarm settings (the test-only `corrupt_uploads` switch lives here).
     pub swarm: SwarmConfig,
     /// Do not print a line per chunk received.
@@ -227,7 +229,7 @@ impl PeerLoop {
             client,
             driver,
             endpoint,
-            node: Node::new(NodeConfig::default()),
+            node: Node::new(config.node.clone()),
             downloads: BTreeMap::new(),
             bars,
             inputs,
