@@ -17,6 +17,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Size of each data message: one chunk, 100 KiB.
@@ -39,9 +40,14 @@ fn send_backlog_limit(cwnd: u64) -> usize {
         .min(SEND_BACKLOG)
 }
 
-/// How long a client waits for the handshake and for the final report.
+/// How long a client waits for the handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
-const REPORT_LIMIT: Duration = Duration::from_secs(30);
+/// How long a client keeps going after it stopped sending (a timed run: after
+/// `--time`) for the data still queued to arrive and the final report; after
+/// that it reports the server's last progress report as a partial result.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+/// How often the server tells a client what it verified so far.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 const MAGIC: u32 = 0x5250_5246; // "RPRF"
 /// Length of the frame header.
@@ -62,6 +68,8 @@ pub enum Frame<'a> {
         bytes: u64,
     },
     Report(ServerReport),
+    /// Server → client, every `PROGRESS_EVERY`: what it verified so far.
+    Progress(ServerReport),
     /// Client → server over rudp: open a socket for a raw UDP blast.
     RawStart,
     /// Server → client: blast to this port.
@@ -81,6 +89,7 @@ const KIND_REPORT: u8 = 3;
 const KIND_RAW_START: u8 = 4;
 const KIND_RAW_READY: u8 = 5;
 const KIND_RAW_DONE: u8 = 6;
+const KIND_PROGRESS: u8 = 7;
 
 /// What the server application verified for one client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -183,15 +192,20 @@ pub fn decode(buf: &[u8]) -> Result<Frame<'_>, PerfError> {
                 bytes: w[1],
             }
         }
-        KIND_REPORT => {
+        KIND_REPORT | KIND_PROGRESS => {
             let w = words(5)?;
-            Frame::Report(ServerReport {
+            let r = ServerReport {
                 messages: w[0],
                 bytes: w[1],
                 bad: w[2],
                 duplicates: w[3],
                 active_us: w[4],
-            })
+            };
+            if kind == KIND_REPORT {
+                Frame::Report(r)
+            } else {
+                Frame::Progress(r)
+            }
         }
         KIND_RAW_START => Frame::RawStart,
         KIND_RAW_READY => {
@@ -231,6 +245,7 @@ pub fn encode_control(frame: &Frame<'_>) -> Vec<u8> {
         }
         Frame::Done { messages, bytes } => (KIND_DONE, vec![*messages, *bytes]),
         Frame::Report(r) => (KIND_REPORT, r.encode().to_vec()),
+        Frame::Progress(r) => (KIND_PROGRESS, r.encode().to_vec()),
         Frame::RawStart => (KIND_RAW_START, vec![]),
         Frame::RawReady { port } => (KIND_RAW_READY, vec![u64::from(*port)]),
         Frame::RawDone { datagrams, bytes } => (KIND_RAW_DONE, vec![*datagrams, *bytes]),
@@ -461,6 +476,9 @@ pub struct PerfReport {
     pub srtt_ms: f64,
     /// System calls the client made to send (UDP modes).
     pub send_calls: u64,
+    /// The server's final report did not come within `REPORT_GRACE` after
+    /// sending stopped: `bytes`/`messages` are its last progress report.
+    pub partial: bool,
 }
 
 impl PerfReport {
@@ -470,7 +488,7 @@ impl PerfReport {
             "{{\"mode\":\"{}\",\"cc\":\"{}\",\"mtu\":{},\"goodput_mbps\":{:.3},\"bytes\":{},\"seconds\":{:.6},\
              \"sent_bytes\":{},\"messages\":{},\"bad_messages\":{},\"retransmitted_packets\":{},\
              \"lost_packets\":{},\"spurious_retransmits\":{},\"packets_sent\":{},\"srtt_ms\":{:.3},\
-             \"send_calls\":{}}}",
+             \"send_calls\":{},\"partial\":{}}}",
             self.mode.name(),
             self.cc,
             self.mtu,
@@ -485,7 +503,8 @@ impl PerfReport {
             self.spurious_retransmits,
             self.packets_sent,
             self.srtt_ms,
-            self.send_calls
+            self.send_calls,
+            self.partial
         )
     }
 }
@@ -508,6 +527,14 @@ impl fmt::Display for PerfReport {
         )?;
         if self.bad_messages > 0 {
             write!(f, "; {} messages FAILED verification", self.bad_messages)?;
+        }
+        if self.partial {
+            write!(
+                f,
+                "; PARTIAL: no final report within {} s of the end of sending, \
+                 figures are the server's last progress report",
+                REPORT_GRACE.as_secs()
+            )?;
         }
         Ok(())
     }
@@ -583,6 +610,55 @@ pub fn run_client(
         Mode::Rudp => run_rudp_client(opts, on_interval),
         Mode::Tcp => run_tcp_client(opts, on_interval),
         Mode::RawUdp => run_raw_client(opts, on_interval),
+    }
+}
+
+/// What the server verified: its final report, or (`partial`) its last
+/// progress report when the final one did not come in time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Verified {
+    report: ServerReport,
+    partial: bool,
+}
+
+/// Collects the server's progress reports while the client waits for the final one.
+#[derive(Debug, Default)]
+struct ReportWait {
+    latest: ServerReport,
+}
+
+impl ReportWait {
+    /// `Some` once the final report is in.
+    fn on_frame(&mut self, msg: &[u8]) -> Result<Option<Verified>, PerfError> {
+        match decode(msg)? {
+            Frame::Report(report) => Ok(Some(Verified {
+                report,
+                partial: false,
+            })),
+            Frame::Progress(r) => {
+                self.latest = r;
+                Ok(None)
+            }
+            other => Err(PerfError::Protocol(format!("unexpected frame {other:?}"))),
+        }
+    }
+
+    fn give_up(&self) -> Verified {
+        Verified {
+            report: self.latest,
+            partial: true,
+        }
+    }
+
+    /// The final report if `result` has it, the last progress report if the wait timed out.
+    fn settle(&self, result: Result<Verified, PerfError>) -> Result<Verified, PerfError> {
+        match result {
+            Err(PerfError::TimedOut(what)) => {
+                warn!("timed out waiting for {what}; using the server's last progress report");
+                Ok(self.give_up())
+            }
+            r => r,
+        }
     }
 }
 
@@ -680,13 +756,6 @@ impl Session {
             },
         );
     }
-
-    fn expect_report(msg: &[u8]) -> Result<Option<ServerReport>, PerfError> {
-        match decode(msg)? {
-            Frame::Report(r) => Ok(Some(r)),
-            other => Err(PerfError::Protocol(format!("unexpected frame {other:?}"))),
-        }
-    }
 }
 
 fn run_rudp_client(
@@ -700,14 +769,18 @@ fn run_rudp_client(
     let mut seq = 0u64;
     let mut sent_bytes = 0u64;
     let mut finished_sending = false;
-    let stop_after = match opts.amount {
-        Amount::Time(d) => d,
+    let limit = match opts.amount {
+        Amount::Time(d) => d.saturating_add(REPORT_GRACE),
         Amount::Bytes(_) => Duration::MAX,
     };
-    let limit = stop_after.saturating_add(REPORT_LIMIT);
-    let report = session.run(limit, "the server's report", |now, ep, h, msg| {
+    let mut wait = ReportWait::default();
+    let mut give_up_at: Option<Instant> = None;
+    let result = session.run(limit, "the server's report", |now, ep, h, msg| {
         if let Some(m) = msg {
-            return Session::expect_report(&m);
+            return wait.on_frame(&m);
+        }
+        if give_up_at.is_some_and(|g| now >= g) {
+            return Err(PerfError::TimedOut("the server's report"));
         }
         if !finished_sending {
             let enough = match opts.amount {
@@ -716,6 +789,7 @@ fn run_rudp_client(
             };
             if enough {
                 finished_sending = true;
+                give_up_at = Some(now + REPORT_GRACE);
                 let done = encode_control(&Frame::Done {
                     messages: seq,
                     bytes: sent_bytes,
@@ -748,7 +822,8 @@ fn run_rudp_client(
             }
         }
         Ok(None)
-    })?;
+    });
+    let Verified { report, partial } = wait.settle(result)?;
     let seconds = now().saturating_duration_since(start).as_secs_f64();
     let stats = session.endpoint.stats(session.handle).unwrap_or_default();
     let send_calls = session.driver.counters().send_calls;
@@ -769,6 +844,7 @@ fn run_rudp_client(
         packets_sent: stats.packets_sent,
         srtt_ms: stats.srtt.as_secs_f64() * 1e3,
         send_calls,
+        partial,
     })
 }
 
@@ -861,14 +937,16 @@ fn run_raw_client(
             true,
         )
         .map_err(PerfError::Send)?;
-    let report = session.run(
-        REPORT_LIMIT,
+    let mut wait = ReportWait::default();
+    let result = session.run(
+        REPORT_GRACE,
         "the server's report",
         |_, _, _, msg| match msg {
-            Some(m) => Session::expect_report(&m),
+            Some(m) => wait.on_frame(&m),
             None => Ok(None),
         },
-    )?;
+    );
+    let Verified { report, partial } = wait.settle(result)?;
     session.close();
     let lost = sent.datagrams_sent.saturating_sub(report.messages);
     Ok(PerfReport {
@@ -887,6 +965,7 @@ fn run_raw_client(
         packets_sent: sent.datagrams_sent,
         srtt_ms: 0.0,
         send_calls: sent.send_calls,
+        partial,
     })
 }
 
@@ -958,10 +1037,21 @@ fn run_tcp_client(
         })
         .unwrap_or(cc);
     let mut stream: std::net::TcpStream = socket.into();
+    // Short write timeouts so that a stalled connection cannot hold the
+    // client past its deadline; the server's frames are read on a thread.
+    stream
+        .set_write_timeout(Some(Duration::from_millis(100)))
+        .map_err(io_error("TCP socket"))?;
+    let frames = spawn_tcp_frame_reader(stream.try_clone().map_err(io_error("TCP socket"))?);
     let pattern = Pattern::new(MESSAGE_SIZE);
     let start = now();
+    let mut give_up_at = match opts.amount {
+        Amount::Time(d) => Some(start + d + REPORT_GRACE),
+        Amount::Bytes(_) => None,
+    };
     let mut ticker = Ticker::new(start);
     let (mut seq, mut sent_bytes) = (0u64, 0u64);
+    let mut complete = true;
     loop {
         let t = now();
         let enough = match opts.amount {
@@ -972,7 +1062,10 @@ fn run_tcp_client(
             break;
         }
         let m = pattern.message(seq);
-        stream.write_all(&m).map_err(io_error("TCP send"))?;
+        if !write_before(&mut stream, &m, give_up_at)? {
+            complete = false;
+            break;
+        }
         seq += 1;
         sent_bytes += m.len() as u64;
         let (retx, srtt) = if t >= ticker.next {
@@ -984,21 +1077,36 @@ fn run_tcp_client(
             on_interval(&iv);
         }
     }
-    let done = encode_control(&Frame::Done {
-        messages: seq,
-        bytes: sent_bytes,
-    });
-    stream.write_all(&done).map_err(io_error("TCP send"))?;
-    stream
-        .set_read_timeout(Some(REPORT_LIMIT))
-        .map_err(io_error("TCP socket"))?;
-    let mut buf = vec![0u8; HEADER_LEN + 5 * 8];
-    stream
-        .read_exact(&mut buf)
-        .map_err(io_error("reading the server's report"))?;
-    let report = Session::expect_report(&buf)?.unwrap_or_default();
+    let give_up_at = *give_up_at.get_or_insert_with(|| now() + REPORT_GRACE);
+    if complete {
+        let done = encode_control(&Frame::Done {
+            messages: seq,
+            bytes: sent_bytes,
+        });
+        complete = write_before(&mut stream, &done, Some(give_up_at))?;
+    }
+    let mut wait = ReportWait::default();
+    let mut verified = None;
+    while verified.is_none() {
+        let left = give_up_at.saturating_duration_since(now());
+        match frames.recv_timeout(left) {
+            Ok(frame) => verified = wait.on_frame(&frame?)?,
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PerfError::Protocol(
+                    "the server closed the connection without a report".into(),
+                ))
+            }
+        }
+    }
+    if !complete || verified.is_none() {
+        warn!("no final report from the server in time; using its last progress report");
+    }
+    let Verified { report, partial } = verified.unwrap_or_else(|| wait.give_up());
     let seconds = now().saturating_duration_since(start).as_secs_f64();
     let (retx, srtt_ms) = tcp_info(&stream).unwrap_or((0, 0.0));
+    // Ends the reader thread's blocking read.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     Ok(PerfReport {
         mode: Mode::Tcp,
         cc,
@@ -1015,7 +1123,66 @@ fn run_tcp_client(
         packets_sent: 0,
         srtt_ms,
         send_calls: 0,
+        partial,
     })
+}
+
+/// Writes all of `buf` unless `give_up_at` passes first (then `Ok(false)`).
+/// The stream has a short write timeout, so the deadline is checked often.
+fn write_before(
+    stream: &mut std::net::TcpStream,
+    buf: &[u8],
+    give_up_at: Option<Instant>,
+) -> Result<bool, PerfError> {
+    let mut off = 0;
+    while off < buf.len() {
+        if give_up_at.is_some_and(|g| now() >= g) {
+            return Ok(false);
+        }
+        match stream.write(&buf[off..]) {
+            Ok(0) => {
+                return Err(io_error("TCP send")(io::Error::from(
+                    io::ErrorKind::WriteZero,
+                )))
+            }
+            Ok(n) => off += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(io_error("TCP send")(e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads the server's report frames (all the same size) on their own
+/// thread, so that a client blocked in sending still collects progress
+/// reports. The thread ends when the stream is shut down or closed.
+fn spawn_tcp_frame_reader(
+    mut stream: std::net::TcpStream,
+) -> mpsc::Receiver<Result<Vec<u8>, PerfError>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; HEADER_LEN + 5 * 8];
+        match stream.read_exact(&mut buf) {
+            Ok(()) => {
+                if tx.send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    let _ = tx.send(Err(io_error("reading the server's report")(e)));
+                }
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[derive(Debug, Clone)]
@@ -1127,6 +1294,7 @@ pub struct Server {
     tcp_clients: HashMap<mio::Token, TcpClient>,
     next_token: usize,
     finished: u64,
+    next_progress: Instant,
 }
 
 const UDP_TOKEN: mio::Token = mio::Token(0);
@@ -1163,6 +1331,7 @@ impl Server {
             tcp_clients: HashMap::new(),
             next_token: 2,
             finished: 0,
+            next_progress: now(),
         })
     }
 
@@ -1219,9 +1388,37 @@ impl Server {
             }
             self.driver.drive(t, &mut self.endpoint);
             self.handle_rudp_events(t, on_client);
+            if t >= self.next_progress {
+                self.next_progress = t + PROGRESS_EVERY;
+                self.send_progress();
+            }
             self.driver.flush(t, &mut self.endpoint);
         }
         Ok(())
+    }
+
+    /// Tells every client still sending what has been verified so far, so
+    /// that a client whose data cannot all arrive in time still has figures.
+    fn send_progress(&mut self) {
+        for (&h, c) in &self.rudp_clients {
+            if c.reported || c.raw.is_some() {
+                continue;
+            }
+            let frame = encode_control(&Frame::Progress(c.verifier.report()));
+            if let Err(e) = self.endpoint.send(h, frame, false) {
+                debug!("{}: progress report: {e}", c.remote);
+            }
+        }
+        for c in self.tcp_clients.values_mut() {
+            let frame = encode_control(&Frame::Progress(c.verifier.report()));
+            // The client reads these on their own thread; a full send buffer
+            // (a client that stopped reading) only costs this report.
+            match c.stream.write(&frame) {
+                Ok(n) if n == frame.len() => {}
+                Ok(n) => debug!("TCP client {}: progress report cut at {n} bytes", c.remote),
+                Err(e) => debug!("TCP client {}: progress report: {e}", c.remote),
+            }
+        }
     }
 
     fn handle_rudp_events(&mut self, t: Instant, on_client: &mut dyn FnMut(&ClientSummary)) {
@@ -1575,6 +1772,13 @@ mod tests {
                 duplicates: 4,
                 active_us: 5,
             }),
+            Frame::Progress(ServerReport {
+                messages: 6,
+                bytes: 7,
+                bad: 0,
+                duplicates: 0,
+                active_us: 8,
+            }),
             Frame::RawStart,
             Frame::RawReady { port: 7001 },
             Frame::RawDone {
@@ -1609,6 +1813,7 @@ mod tests {
             packets_sent: 9,
             srtt_ms: 0.25,
             send_calls: 1,
+            partial: false,
         };
         let j = r.to_json();
         for key in [
