@@ -154,8 +154,8 @@ pub fn run_compare(spec: &CompareSpec) -> Result<CompareReport, LabError> {
         let interval = Duration::from_millis(5);
         let m = measure_path(&a.ns, b.addr, spec.probes, interval)?;
         log::info!(
-            "path: rtt {:.2} ms (min {:.2}), loss {:.2}% each way from {} probes",
-            m.rtt_avg_ms,
+            "path: rtt {:.2} ms median (min {:.2}), loss {:.2}% each way from {} probes",
+            m.rtt_median_ms,
             m.rtt_min_ms,
             m.one_way_loss() * 100.0,
             m.sent
@@ -427,7 +427,7 @@ fn opt(v: Option<f64>) -> String {
 impl CompareReport {
     fn measured_rtt_ms(&self) -> Option<f64> {
         self.measured
-            .map(|m| m.rtt_avg_ms)
+            .map(|m| m.rtt_median_ms)
             .filter(|v| v.is_finite())
     }
 
@@ -446,7 +446,8 @@ impl CompareReport {
         if let Some(m) = self.measured {
             let _ = writeln!(
                 s,
-                "measured: rtt {:.2} ms avg (min {:.2}, max {:.2}), loss {:.2}% each way ({} of {} probes lost)",
+                "measured: rtt {:.2} ms median (avg {:.2}, min {:.2}, max {:.2}), loss {:.2}% each way ({} of {} probes lost)",
+                m.rtt_median_ms,
                 m.rtt_avg_ms,
                 m.rtt_min_ms,
                 m.rtt_max_ms,
@@ -486,7 +487,7 @@ impl CompareReport {
             "secs": self.duration.as_secs_f64(),
             "impairment": method_name(self.method),
             "measured": self.measured.map(|m| json!({
-                "rtt_ms": m.rtt_avg_ms.is_finite().then_some(m.rtt_avg_ms),
+                "rtt_ms": m.rtt_median_ms.is_finite().then_some(m.rtt_median_ms),
                 "rtt_min_ms": m.rtt_min_ms.is_finite().then_some(m.rtt_min_ms),
                 "loss": m.one_way_loss(),
                 "probes": m.sent,

@@ -119,7 +119,7 @@ pub fn markdown_table(cells: &[GridCell], protocols: &[String]) -> String {
         let measured = c
             .report
             .measured
-            .map(|m| m.rtt_avg_ms)
+            .map(|m| m.rtt_median_ms)
             .filter(|v| v.is_finite())
             .map_or("-".to_string(), |v| format!("{v:.1} ms"));
         let _ = write!(

@@ -16,6 +16,9 @@ pub struct PathMeasurement {
     pub rtt_min_ms: f64,
     pub rtt_avg_ms: f64,
     pub rtt_max_ms: f64,
+    /// Median of the replies' round-trip times: the RTT the path imposes,
+    /// robust to the few replies a busy machine schedules late (NaN if none).
+    pub rtt_median_ms: f64,
 }
 
 impl PathMeasurement {
@@ -44,7 +47,7 @@ pub fn one_way_loss_tolerance(p: f64, n: u32) -> f64 {
     3.0 * se_p + 0.001
 }
 
-/// Reads the summary of iputils `ping -q`.
+/// Reads iputils `ping` output: the per-reply `time=` lines and the summary.
 pub fn parse_ping(text: &str) -> Option<PathMeasurement> {
     let counts = text.lines().find(|l| l.contains("packets transmitted"))?;
     let mut fields = counts.split(',');
@@ -56,7 +59,17 @@ pub fn parse_ping(text: &str) -> Option<PathMeasurement> {
         rtt_min_ms: f64::NAN,
         rtt_avg_ms: f64::NAN,
         rtt_max_ms: f64::NAN,
+        rtt_median_ms: f64::NAN,
     };
+    let mut times: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect();
+    if !times.is_empty() {
+        times.sort_by(f64::total_cmp);
+        m.rtt_median_ms = times[times.len() / 2];
+    }
     if let Some(rtt) = text
         .lines()
         .find(|l| l.starts_with("rtt ") || l.starts_with("round-trip"))
@@ -80,8 +93,7 @@ pub fn measure_path(
 ) -> Result<PathMeasurement, LabError> {
     let deadline = (interval * count * 5).as_secs() + 3;
     let args = [
-        "-q".to_string(),
-        "-n".into(),
+        "-n".to_string(),
         "-c".into(),
         count.to_string(),
         "-i".into(),
@@ -113,6 +125,21 @@ mod tests {
         );
         assert!((m.round_trip_loss() - 0.04).abs() < 1e-12);
         assert!((m.one_way_loss() - 0.020204).abs() < 1e-5);
+    }
+
+    #[test]
+    fn median_of_the_replies_ignores_late_outliers() {
+        let text = "64 bytes from 10.77.2.1: icmp_seq=1 ttl=63 time=20.1 ms\n\
+                    64 bytes from 10.77.2.1: icmp_seq=2 ttl=63 time=20.3 ms\n\
+                    64 bytes from 10.77.2.1: icmp_seq=3 ttl=63 time=95.0 ms\n\
+                    64 bytes from 10.77.2.1: icmp_seq=4 ttl=63 time=20.2 ms\n\
+                    64 bytes from 10.77.2.1: icmp_seq=5 ttl=63 time=20.4 ms\n\
+                    5 packets transmitted, 5 received, 0% packet loss, time 20ms\n\
+                    rtt min/avg/max/mdev = 20.1/35.2/95.0/30.0 ms\n";
+        let m = parse_ping(text).unwrap();
+        assert_eq!(m.rtt_median_ms, 20.3);
+        assert_eq!(m.rtt_avg_ms, 35.2);
+        assert!(parse_ping(OUT).unwrap().rtt_median_ms.is_nan());
     }
 
     #[test]

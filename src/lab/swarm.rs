@@ -103,8 +103,8 @@ impl SwarmReport {
         );
         if let Some(m) = self.measured_path {
             out += &format!(
-                "measured between two peers: rtt {:.2} ms, loss {:.2}% each way\n",
-                m.rtt_avg_ms,
+                "measured between two peers: rtt {:.2} ms (median), loss {:.2}% each way\n",
+                m.rtt_median_ms,
                 m.one_way_loss() * 100.0
             );
         }
@@ -138,7 +138,7 @@ impl SwarmReport {
             "p2p_bound_s": secs(s.p2p_bound()),
             "client_server_s": secs(s.client_server()),
             "measured_s": secs(self.distribution_time),
-            "measured_rtt_ms": self.measured_path.map(|m| m.rtt_avg_ms).filter(|v| v.is_finite()),
+            "measured_rtt_ms": self.measured_path.map(|m| m.rtt_median_ms).filter(|v| v.is_finite()),
             "measured_loss": self.measured_path.map(|m| m.one_way_loss()),
             "note": self.note,
         })
