@@ -172,9 +172,31 @@ fn checked(what: String, out: Output) -> Result<String, LabError> {
     }
 }
 
-/// Builds a command from a program and its arguments.
+/// Directories the lab's tools (ip, tc, iptables, sysctl) live in, which a
+/// user's or sudo's PATH may lack.
+const SBIN_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// `path` (a PATH value) with the `SBIN_DIRS` it lacks appended.
+fn path_with_sbin(path: Option<&std::ffi::OsStr>) -> std::ffi::OsString {
+    let mut dirs: Vec<std::path::PathBuf> =
+        path.map_or_else(Vec::new, |p| std::env::split_paths(p).collect());
+    for d in SBIN_DIRS {
+        if !dirs.iter().any(|x| x.as_os_str() == d) {
+            dirs.push(d.into());
+        }
+    }
+    // Joining fails only on a directory containing ':', which came from PATH itself.
+    std::env::join_paths(&dirs)
+        .unwrap_or_else(|_| path.map(|p| p.to_os_string()).unwrap_or_default())
+}
+
+/// Builds a command from a program and its arguments. The program is looked
+/// up (and runs, with `ip netns exec` too) on PATH plus /usr/sbin and /sbin.
 pub fn command<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> Command {
+    static PATH: OnceLock<std::ffi::OsString> = OnceLock::new();
+    let path = PATH.get_or_init(|| path_with_sbin(std::env::var_os("PATH").as_deref()));
     let mut c = Command::new(program);
+    c.env("PATH", path);
     c.args(args);
     c
 }
@@ -307,4 +329,16 @@ impl Drop for Background {
     fn drop(&mut self) {
         self.terminate(Duration::from_millis(500));
     }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sbin_is_appended_to_path_once() {
+        let p = path_with_sbin(Some(std::ffi::OsStr::new("/bin:/usr/sbin")));
+        assert_eq!(p, "/bin:/usr/sbin:/usr/local/sbin:/sbin");
+        assert_eq!(path_with_sbin(None), "/usr/local/sbin:/usr/sbin:/sbin");
+    }
+
+    use super::*;
 }

@@ -33,8 +33,7 @@ pub struct Namespace(pub String);
 impl Namespace {
     /// `ip netns exec <ns> <program> <args>`.
     pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, program: &str, args: &[S]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
+        let mut c = command("ip", &["netns", "exec", &self.0, program]);
         c.args(args);
         c
     }
