@@ -2,6 +2,7 @@
 //! parsers for sizes and rates given on the command line.
 
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
+use std::time::Duration;
 
 /// Logs to stderr: info by default, each `-v` one level more, each `-q` one less.
 pub fn init_logging(verbose: u8, quiet: u8) {
@@ -21,17 +22,82 @@ pub fn init_logging(verbose: u8, quiet: u8) {
     let _ = TermLogger::init(level, config, TerminalMode::Stderr, ColorChoice::Never);
 }
 
-/// Parses a byte count such as `4000000`, `4MB` (10^6), `4MiB` (2^20), `100k`, `1.5GB`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+/// `" 12.5MS "` → (12.5, "ms"): the leading number (finite, >= 0) and the
+/// lower-cased unit after it; None when there is no number.
+fn number_and_unit(s: &str) -> Option<(f64, String)> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
+    let value: f64 = num.parse().ok()?;
+    value
+        .is_finite()
+        .then(|| (value, unit.trim().to_lowercase()))
+}
+
+/// A duration: `40ms`, `1.5s`, `250us`, `2m`; a bare number is milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (v, unit) =
+        number_and_unit(s).ok_or_else(|| format!("invalid duration '{s}' (e.g. 40ms)"))?;
+    let secs = match unit.as_str() {
+        "" | "ms" => v / 1e3,
+        "s" | "sec" => v,
+        "us" | "µs" => v / 1e6,
+        "ns" => v / 1e9,
+        "m" | "min" => v * 60.0,
+        other => return Err(format!("unknown time unit '{other}' in '{s}'")),
+    };
+    if (0.0..=86_400.0 * 365.0).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("duration '{s}' is out of range"))
+    }
+}
+
+/// A run length: a bare number is seconds here (`--secs 10`), or a
+/// duration with a unit (`500ms`); never zero.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let err = || format!("'{s}' is not a number of seconds (e.g. 10)");
+    let d = match number_and_unit(s) {
+        Some((v, unit)) if unit.is_empty() => {
+            if v > 86_400.0 {
+                return Err(err());
+            }
+            Duration::from_secs_f64(v)
+        }
+        Some(_) => parse_duration(s).map_err(|_| err())?,
+        None => return Err(err()),
+    };
+    if d.is_zero() {
+        return Err(err());
+    }
+    Ok(d)
+}
+
+/// A probability: `1%`, `0.5 %` or `0.01`, within [0, 1].
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(n) => (n.trim(), 0.01),
+        None => (t, 1.0),
+    };
+    let v: f64 = num
         .parse()
-        .map_err(|_| format!("'{s}' is not a size (try 4MB, 512KiB or 1000000)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        .map_err(|_| format!("invalid probability '{s}' (e.g. 1% or 0.01)"))?;
+    let v = v * scale;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("probability '{s}' is outside 0..100%"))
+    }
+}
+
+/// Parses a byte count such as `4000000`, `4MB` (10^6), `4MiB` (2^20), `100k`, `1.5GB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (value, unit) = number_and_unit(s)
+        .ok_or_else(|| format!("'{s}' is not a size (try 4MB, 512KiB or 1000000)"))?;
+    let mult: f64 = match unit.as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
         "kib" => 1024.0,
@@ -93,5 +159,43 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("4XB").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn fractions_accept_percent_and_plain() {
+        assert_eq!(parse_fraction("1%"), Ok(0.01));
+        assert_eq!(parse_fraction("0.5%"), Ok(0.005));
+        assert_eq!(parse_fraction("0.01"), Ok(0.01));
+        assert_eq!(parse_fraction(" 50 %"), Ok(0.5));
+        assert_eq!(parse_fraction("0"), Ok(0.0));
+        for bad in ["", "%", "101%", "2", "-1", "-1%", "x", "NaN", "5 percent"] {
+            assert!(parse_fraction(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_have_units() {
+        assert_eq!(parse_duration("40ms"), Ok(Duration::from_millis(40)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_millis(7)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
+        for bad in [
+            "",
+            "ms",
+            "-1ms",
+            "3 weeks",
+            "5 parsecs",
+            "1e400s",
+            "1e999s",
+            "99999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_seconds("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_seconds("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("0ms").is_err());
+        assert!(parse_seconds("x").is_err());
     }
 }

@@ -9,11 +9,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use chunkswarm::cli::parse_size;
+use chunkswarm::cli::{parse_duration, parse_fraction, parse_seconds};
 use chunkswarm::lab::compare::{run_compare, CompareReport, CompareSpec, Protocol};
 use chunkswarm::lab::delay_line::{DelaySpec, LossModel};
 use chunkswarm::lab::nfqueue::NfQueue;
 use chunkswarm::lab::topology::{cleanup, ImpairMethod, PathSpec};
-use chunkswarm::lab::units::{parse_duration, parse_percent, parse_seconds, Rate};
+use chunkswarm::lab::units::Rate;
 use chunkswarm::lab::{check_environment, grid, process, swarm, LabError};
 
 #[derive(Parser)]
@@ -62,7 +63,7 @@ struct PathArgs {
     #[arg(long, default_value = "40ms", value_parser = parse_duration)]
     rtt: Duration,
     /// Packet loss in each direction: 1%, 0.5%.
-    #[arg(long, default_value = "0%", value_parser = parse_percent)]
+    #[arg(long, default_value = "0%", value_parser = parse_fraction)]
     loss: f64,
     /// Extra one-way delay, uniform in [0, JITTER]; packets keep their order.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
@@ -138,7 +139,7 @@ struct GridArgs {
     #[arg(long, default_value = "100mbit", value_parser = parse_rate)]
     rate: Rate,
     /// Loss values, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = parse_percent, default_value = "0%,0.5%,1%,2%,5%,10%,20%")]
+    #[arg(long, value_delimiter = ',', value_parser = parse_fraction, default_value = "0%,0.5%,1%,2%,5%,10%,20%")]
     losses: Vec<f64>,
     /// RTT values, comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = parse_duration, default_value = "2ms,10ms,40ms,100ms")]
@@ -165,7 +166,7 @@ struct SwarmArgs {
     #[arg(long, default_value = "10MB", value_parser = parse_size)]
     size: u64,
     /// Packet loss in each direction through the router.
-    #[arg(long, default_value = "0%", value_parser = parse_percent)]
+    #[arg(long, default_value = "0%", value_parser = parse_fraction)]
     loss: f64,
     /// Round-trip time between any two peers.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]

@@ -135,54 +135,6 @@ impl fmt::Display for Rate {
     }
 }
 
-/// `40ms`, `1.5s`, `250us`, `2m`; a bare number is milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, ParseQuantityError> {
-    let err = || ParseQuantityError::new("a duration (e.g. 40ms)", s);
-    let (value, unit) = split_number(s).ok_or_else(err)?;
-    let secs = match unit.as_str() {
-        "ns" => value * 1e-9,
-        "us" | "µs" => value * 1e-6,
-        "" | "ms" => value * 1e-3,
-        "s" | "sec" => value,
-        "m" | "min" => value * 60.0,
-        _ => return Err(err()),
-    };
-    if secs > 86_400.0 {
-        return Err(err());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Seconds for a run length: a bare number is seconds here (`--secs 10`).
-pub fn parse_seconds(s: &str) -> Result<Duration, ParseQuantityError> {
-    let err = || ParseQuantityError::new("a number of seconds (e.g. 10)", s);
-    match split_number(s) {
-        Some((value, unit)) if unit.is_empty() && value > 0.0 && value <= 86_400.0 => {
-            Ok(Duration::from_secs_f64(value))
-        }
-        Some(_) => parse_duration(s)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(err),
-        None => Err(err()),
-    }
-}
-
-/// `1%`, `0.5%`, or a fraction written `0.01`; returns a probability in [0, 1].
-pub fn parse_percent(s: &str) -> Result<f64, ParseQuantityError> {
-    let err = || ParseQuantityError::new("a percentage (e.g. 1%)", s);
-    let (value, unit) = split_number(s).ok_or_else(err)?;
-    let p = match unit.as_str() {
-        "%" => value / 100.0,
-        "" if value <= 1.0 => value,
-        _ => return Err(err()),
-    };
-    if p > 1.0 {
-        return Err(err());
-    }
-    Ok(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,31 +166,5 @@ mod tests {
         assert_eq!(r.bytes_in(Duration::from_millis(40)), 500_000);
         assert_eq!(r.time_for(12_500_000), Some(Duration::from_secs(1)));
         assert_eq!(Rate::from_bits_per_sec(0).time_for(1), None);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("40ms").unwrap(), Duration::from_millis(40));
-        assert_eq!(parse_duration("40").unwrap(), Duration::from_millis(40));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
-        assert_eq!(parse_duration(" 2m ").unwrap(), Duration::from_secs(120));
-        for bad in ["", "ms", "-1ms", "3 weeks", "1e400s", "99999999s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse_seconds("10").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_seconds("500ms").unwrap(), Duration::from_millis(500));
-        assert!(parse_seconds("0").is_err());
-    }
-
-    #[test]
-    fn percents() {
-        assert_eq!(parse_percent("1%").unwrap(), 0.01);
-        assert_eq!(parse_percent("0.5%").unwrap(), 0.005);
-        assert_eq!(parse_percent("0.02").unwrap(), 0.02);
-        assert_eq!(parse_percent("0").unwrap(), 0.0);
-        for bad in ["", "%", "101%", "2", "-1%", "5 percent"] {
-            assert!(parse_percent(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -4,7 +4,7 @@
 //! `#[command(flatten)]`.
 
 use super::DriverOptions;
-use crate::cli::parse_size;
+use crate::cli::{parse_duration, parse_fraction, parse_size};
 use crate::rudp::impair::{GilbertElliott, ImpairConfig};
 use crate::rudp::{CcKind, Config, DEFAULT_MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD};
 use std::time::Duration;
@@ -211,53 +211,6 @@ pub fn parse_mtu(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A probability: `1%`, `0.5 %` or `0.01`, within [0, 1].
-pub fn parse_fraction(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let (num, scale) = match t.strip_suffix('%') {
-        Some(n) => (n.trim(), 0.01),
-        None => (t, 1.0),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid probability '{s}' (e.g. 1% or 0.01)"))?;
-    let v = v * scale;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("probability '{s}' is outside 0..100%"))
-    }
-}
-
-/// `12.5ms` → (12.5, "ms"); None when the number part does not parse.
-fn number_and_unit(s: &str) -> Option<(f64, &str)> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    Some((num.parse().ok()?, unit.trim()))
-}
-
-/// A duration: `40ms`, `1.5s`, `250us`, `2m`; a bare number is milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (v, unit) =
-        number_and_unit(s).ok_or_else(|| format!("invalid duration '{s}' (e.g. 40ms)"))?;
-    let secs = match unit {
-        "" | "ms" => v / 1e3,
-        "s" => v,
-        "us" | "µs" => v / 1e6,
-        "ns" => v / 1e9,
-        "m" | "min" => v * 60.0,
-        other => return Err(format!("unknown time unit '{other}' in '{s}'")),
-    };
-    if secs.is_finite() && (0.0..=86_400.0 * 365.0).contains(&secs) {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(format!("duration '{s}' is out of range"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,28 +220,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         transport: TransportArgs,
-    }
-
-    #[test]
-    fn fractions_accept_percent_and_plain() {
-        assert_eq!(parse_fraction("1%"), Ok(0.01));
-        assert_eq!(parse_fraction("0.01"), Ok(0.01));
-        assert_eq!(parse_fraction(" 50 %"), Ok(0.5));
-        assert!(parse_fraction("101%").is_err());
-        assert!(parse_fraction("-1").is_err());
-        assert!(parse_fraction("x").is_err());
-        assert!(parse_fraction("NaN").is_err());
-    }
-
-    #[test]
-    fn durations_have_units() {
-        assert_eq!(parse_duration("40ms"), Ok(Duration::from_millis(40)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_millis(7)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("1e999s").is_err());
     }
 
     #[test]
