@@ -147,15 +147,18 @@ fn driver_impairment_loses_and_mangles_but_data_arrives_intact() {
     );
 }
 
+/// What the in-process perf server thread yields.
+type ServerOutcome = (
+    chunkswarm::rudp::endpoint::EndpointCounters,
+    Vec<perf::ClientSummary>,
+);
+
 /// Runs a perf server in a thread; returns its address, its stop flag and
 /// the thread, which yields the endpoint's drop counters and the summaries.
 fn perf_server() -> (
     SocketAddr,
     Arc<AtomicBool>,
-    thread::JoinHandle<(
-        chunkswarm::rudp::endpoint::EndpointCounters,
-        Vec<perf::ClientSummary>,
-    )>,
+    thread::JoinHandle<ServerOutcome>,
 ) {
     let mut server = Server::bind(ServerOptions {
         bind: LOCALHOST.parse().unwrap(),

@@ -412,6 +412,17 @@ pub enum Amount {
     Bytes(u64),
 }
 
+impl Amount {
+    /// Whether a client that started at `start` and has sent `sent_bytes`
+    /// by `now` has sent enough.
+    fn reached(&self, start: Instant, now: Instant, sent_bytes: u64) -> bool {
+        match *self {
+            Amount::Time(d) => now.saturating_duration_since(start) >= d,
+            Amount::Bytes(b) => sent_bytes >= b,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub server: SocketAddr,
@@ -783,10 +794,7 @@ fn run_rudp_client(
             return Err(PerfError::TimedOut("the server's report"));
         }
         if !finished_sending {
-            let enough = match opts.amount {
-                Amount::Time(d) => now.saturating_duration_since(start) >= d,
-                Amount::Bytes(b) => sent_bytes >= b,
-            };
+            let enough = opts.amount.reached(start, now, sent_bytes);
             if enough {
                 finished_sending = true;
                 give_up_at = Some(now + REPORT_GRACE);
@@ -890,10 +898,7 @@ fn run_raw_client(
     let mut next_control = start;
     loop {
         let t = now();
-        let enough = match opts.amount {
-            Amount::Time(d) => t.saturating_duration_since(start) >= d,
-            Amount::Bytes(b) => bytes >= b,
-        };
+        let enough = opts.amount.reached(start, t, bytes);
         if enough {
             break;
         }
@@ -1054,10 +1059,7 @@ fn run_tcp_client(
     let mut complete = true;
     loop {
         let t = now();
-        let enough = match opts.amount {
-            Amount::Time(d) => t.saturating_duration_since(start) >= d,
-            Amount::Bytes(b) => sent_bytes >= b,
-        };
+        let enough = opts.amount.reached(start, t, sent_bytes);
         if enough {
             break;
         }
