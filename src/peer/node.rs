@@ -393,9 +393,11 @@ impl Node {
                     if let Some(s) = self.swarms.get_mut(&file) {
                         s.on_neighbour_up(now, peer);
                     }
-                } else if !self.primary.contains_key(&peer) {
+                } else if let std::collections::btree_map::Entry::Vacant(slot) =
+                    self.primary.entry(peer)
+                {
                     let h = ep.connect(now, peer);
-                    self.primary.insert(peer, h);
+                    slot.insert(h);
                     self.handles.insert(
                         h,
                         Handle {
