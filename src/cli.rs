@@ -4,6 +4,24 @@
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 use std::time::Duration;
 
+/// The `-v`/`-q` flags every binary takes; flatten it into a clap parser.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct Verbosity {
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output on stderr (repeat for less).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
+}
+
+impl Verbosity {
+    /// Starts logging at the level these flags ask for.
+    pub fn init_logging(self) {
+        init_logging(self.verbose, self.quiet);
+    }
+}
+
 /// Logs to stderr: info by default, each `-v` one level more, each `-q` one less.
 pub fn init_logging(verbose: u8, quiet: u8) {
     let level = match 3i16 + verbose as i16 - quiet as i16 {

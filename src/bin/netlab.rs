@@ -25,12 +25,8 @@ use chunkswarm::lab::{check_environment, grid, process, swarm, LabError};
     long_about = "Builds network namespaces (named cs-<pid>-...), runs an experiment inside them and always removes them again, also on Ctrl-C or failure. Needs root and iproute2, iptables, ethtool, ping (and iperf3 when rudp-perf has no TCP mode). Where the kernel lacks netem, delay and loss come from netlab's own NFQUEUE delayer in the router namespace."
 )]
 struct Cli {
-    /// More log output (repeat for more).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Less log output (repeat for less).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    quiet: u8,
+    #[command(flatten)]
+    verbosity: chunkswarm::cli::Verbosity,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -346,7 +342,7 @@ fn delayer(args: DelayerArgs) -> Result<(), LabError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    chunkswarm::cli::init_logging(cli.verbose, cli.quiet);
+    cli.verbosity.init_logging();
     let result = match cli.command {
         Cmd::Compare(a) => compare(a),
         Cmd::Grid(a) => run_grid(a),

@@ -55,12 +55,8 @@ struct Args {
     corrupt_served_chunks: bool,
     #[command(flatten)]
     transport: TransportArgs,
-    /// More log output on stderr (repeat for more).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Less log output on stderr (repeat for less).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    quiet: u8,
+    #[command(flatten)]
+    verbosity: chunkswarm::cli::Verbosity,
     /// Host name or IP address of the tracker.
     tracker_host: String,
     /// TCP port of the tracker.
@@ -69,7 +65,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    chunkswarm::cli::init_logging(args.verbose, args.quiet);
+    args.verbosity.init_logging();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,7 +3,7 @@
 //! back; `--tcp` runs the same transfer over TCP, `--raw-udp` blasts
 //! unreliable datagrams of the same size as the baseline.
 
-use chunkswarm::cli::{init_logging, parse_size};
+use chunkswarm::cli::parse_size;
 use chunkswarm::rudp::driver::perf::{
     self, Amount, ClientOptions, Mode, Server, ServerOptions, DEFAULT_PORT,
 };
@@ -22,12 +22,8 @@ use std::time::Duration;
     after_help = "Example:\n  rudp-perf server &\n  rudp-perf client 127.0.0.1:7000 --time 5 --json\n  rudp-perf client 127.0.0.1:7000 --tcp --tcp-cc bbr"
 )]
 struct Cli {
-    /// More log output (repeatable).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Less log output (repeatable).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    quiet: u8,
+    #[command(flatten)]
+    verbosity: chunkswarm::cli::Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -190,7 +186,7 @@ fn run_client(args: ClientArgs) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    cli.verbosity.init_logging();
     let result = match cli.command {
         Command::Server(a) => run_server(a),
         Command::Client(a) => run_client(a),

@@ -30,17 +30,13 @@ struct Args {
     /// Most peer sessions at once.
     #[arg(long, default_value_t = 100_000)]
     max_sessions: usize,
-    /// More log output on stderr (repeat for more).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Less log output on stderr (repeat for less).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    quiet: u8,
+    #[command(flatten)]
+    verbosity: chunkswarm::cli::Verbosity,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    chunkswarm::cli::init_logging(args.verbose, args.quiet);
+    args.verbosity.init_logging();
     if let Err(e) = raise_fd_limit() {
         warn!("cannot raise the open-file limit: {e}");
     }
