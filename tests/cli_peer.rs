@@ -201,6 +201,20 @@ fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
 }
 
 #[test]
+fn a_rudp_address_others_cannot_reach_is_a_warning() {
+    // The tracker sees the TCP session come from 127.0.0.1, so it tells the
+    // group to send to 127.0.0.1:PORT, where nothing listens.
+    let (_t, port) = tracker(0);
+    let dir = scratch("unreachable", "a");
+    let mut args = vec!["--dir".to_string(), dir.display().to_string()];
+    args.extend(["--bind", "127.0.0.2", "127.0.0.1"].map(String::from));
+    args.push(port.to_string());
+    let mut a = Running::start("a", env!("CARGO_BIN_EXE_peer"), &args);
+    let warning = a.wait_for("warning:");
+    assert!(warning.contains("--bind 0.0.0.0"), "{warning}");
+}
+
+#[test]
 fn a_tracker_that_never_answers_is_a_clear_error() {
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = silent.local_addr().expect("addr").port();

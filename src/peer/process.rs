@@ -1119,6 +1119,7 @@ impl PeerLoop {
                     self.config.tracker_name,
                     self.config.dir.display()
                 ));
+                self.check_reachable(udp);
             }
             TrackerEvent::Registered { req, name } => match self.pending.remove(&req) {
                 Some(Pending::RegisterPeer(m)) => {
@@ -1232,6 +1233,21 @@ impl PeerLoop {
             }
         }
         self.stop_if_idle();
+    }
+
+    /// Warns when the rudp socket listens on one IP while the tracker tells
+    /// the other peers to use another (e.g. `--bind 127.0.0.1` with a
+    /// tracker on the LAN): nothing would ever reach this peer.
+    fn check_reachable(&mut self, advertised: SocketAddr) {
+        let local = self.driver.local_addr().ip();
+        if local.is_unspecified() || local == advertised.ip() || self.config.advertise.is_some() {
+            return;
+        }
+        let seen = advertised.ip();
+        self.say(format!(
+            "warning: rudp listens on {local} only, but the tracker tells the other peers to reach you at {seen}; \
+             their chunks cannot arrive: restart with --bind 0.0.0.0 (or --bind {seen}), or with --advertise {local} if they can reach that"
+        ));
     }
 
     /// Records a group's new view; with `announce`, prints who joined and left.
