@@ -158,10 +158,18 @@ fn a_line_that_is_not_utf8_is_one_error_and_the_console_goes_on() {
     a.wait_for("bye");
 }
 
-#[test]
-fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
-    let (t, port) = tracker(0);
-    let (a_dir, b_dir) = (scratch("tracker_back", "a"), scratch("tracker_back", "b"));
+/// Owner `a` (uploads capped at 1 MB/s) has started sending a 3 MB
+/// movie.bin to member `b`.
+struct Upload {
+    a: Running,
+    b: Running,
+    a_dir: PathBuf,
+    b_dir: PathBuf,
+    data: Vec<u8>,
+}
+
+fn slow_upload(test: &str, port: u16) -> Upload {
+    let (a_dir, b_dir) = (scratch(test, "a"), scratch(test, "b"));
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 / 3) as u8).collect();
     std::fs::write(a_dir.join("movie.bin"), &data).expect("write");
     let mut a = peer("a", &a_dir, port, &["--max-upload", "1MB/s"]);
@@ -172,6 +180,25 @@ fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
     b.wait_for("joined the group of movie.bin");
     a.write(b"upload movie.bin\n");
     a.wait_for("upload movie.bin: sending");
+    Upload {
+        a,
+        b,
+        a_dir,
+        b_dir,
+        data,
+    }
+}
+
+#[test]
+fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
+    let (t, port) = tracker(0);
+    let Upload {
+        mut a,
+        mut b,
+        b_dir,
+        data,
+        ..
+    } = slow_upload("tracker_back", port);
 
     drop(t); // SIGKILL: the tracker is gone mid-transfer.
     for p in [&mut a, &mut b] {
@@ -198,6 +225,34 @@ fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
     b.write(b"list\n");
     let listed = b.wait_for("movie.bin  3000000 bytes");
     assert!(listed.contains("group 1"), "{listed}");
+}
+
+#[test]
+fn members_rejoin_by_themselves_when_a_killed_owner_shares_again() {
+    let (_t, port) = tracker(0);
+    let Upload {
+        a,
+        mut b,
+        a_dir,
+        b_dir,
+        data,
+    } = slow_upload("owner_back", port);
+    drop(a); // SIGKILL mid-upload: b holds only part of the file.
+    let closed = b.wait_for("closed, its owner");
+    assert!(closed.contains("rejoins by itself"), "{closed}");
+    b.write(b"register-group movie.bin\n");
+    let refused = b.wait_for("error: register-group");
+    assert!(refused.contains("already downloading"), "{refused}");
+
+    let mut a = peer("a", &a_dir, port, &[]);
+    a.write(b"register-peer movie.bin\n");
+    a.wait_for("registered movie.bin");
+    a.wait_for("group movie.bin: peer");
+    b.printed("rejoined the group of movie.bin");
+    // The owner opens the connections: a restarted owner uploads again.
+    a.write(b"upload movie.bin\n");
+    b.printed("complete movie.bin");
+    assert_eq!(std::fs::read(b_dir.join("movie.bin")).expect("copy"), data);
 }
 
 #[test]

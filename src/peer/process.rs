@@ -852,6 +852,11 @@ impl PeerLoop {
                 "register-group {name}: you are already in its group; see status"
             ));
         }
+        if self.rejoin.contains(&name) {
+            return self.error(format_args!(
+                "register-group {name}: already downloading it; this peer rejoins its group by itself once the owner shares it again"
+            ));
+        }
         let path = self.config.dir.join(&name);
         if fs::symlink_metadata(&path).is_ok() {
             return self.error(format_args!(
@@ -1170,6 +1175,14 @@ impl PeerLoop {
                     members,
                 };
                 match req.and_then(|r| self.pending.remove(&r)) {
+                    Some(Pending::Rejoin(name))
+                        if self.node.swarm(&view.manifest.file_hash).is_none() =>
+                    {
+                        self.error(format_args!(
+                            "register-group {name}: the file now shared under that name is another file; \
+                             the download goes on with the peers already known"
+                        ));
+                    }
                     Some(Pending::Rejoin(name)) => {
                         self.say(format!(
                             "rejoined the group of {name}: owner {}, {}",
@@ -1221,8 +1234,18 @@ impl PeerLoop {
                 if let Some(g) = self.joined.remove(&name) {
                     // The members still have each other: keep swapping chunks.
                     self.group_to_node(Instant::now(), &g, false);
+                    let file = g.manifest.file_hash;
+                    let incomplete = self.downloads.get(&file).is_some_and(|d| !d.done);
+                    let hint = if incomplete {
+                        // Chunks no member holds can only come from the owner:
+                        // join again as soon as it shares the file again.
+                        self.rejoin.insert(name.clone());
+                        "; a chunk none of them holds waits until the owner shares the file again (this peer then rejoins by itself)"
+                    } else {
+                        ""
+                    };
                     self.say(format!(
-                        "group {name}: closed, its owner {} went offline; carrying on with the other members",
+                        "group {name}: closed, its owner {} went offline; carrying on with the other members{hint}",
                         g.owner.id
                     ));
                 }
