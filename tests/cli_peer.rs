@@ -253,6 +253,9 @@ fn members_rejoin_by_themselves_when_a_killed_owner_shares_again() {
     a.write(b"upload movie.bin\n");
     b.printed("complete movie.bin");
     assert_eq!(std::fs::read(b_dir.join("movie.bin")).expect("copy"), data);
+    // A second upload would push every chunk again.
+    a.write(b"upload movie.bin\n");
+    a.wait_for("upload movie.bin: already started");
 }
 
 #[test]

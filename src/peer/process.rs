@@ -194,6 +194,8 @@ pub struct PeerLoop {
     tracker_lost: bool,
     /// Groups to join again once their owner shares the file again.
     rejoin: BTreeSet<String>,
+    /// Files whose upload has started (a second `upload` would resend them).
+    uploading: BTreeSet<String>,
     next_rejoin: Instant,
     client: TrackerClient,
     driver: Driver,
@@ -254,6 +256,7 @@ impl PeerLoop {
             tracker_retry: None,
             tracker_lost: false,
             rejoin: BTreeSet::new(),
+            uploading: BTreeSet::new(),
             next_rejoin: Instant::now(),
             client,
             driver,
@@ -891,6 +894,12 @@ impl PeerLoop {
                 "upload {name}: you do not share {name}; register it first with register-peer {name}"
             ));
         }
+        if self.uploading.contains(&name) {
+            // A second push would send every chunk again.
+            return self.say(format!(
+                "upload {name}: already started; members that join later get every chunk too (see status)"
+            ));
+        }
         let req = self.client.get_group(&name);
         self.pending.insert(req, Pending::Upload(name));
     }
@@ -915,6 +924,7 @@ impl PeerLoop {
         self.group_to_node(now, &group, true);
         match self.node.start_upload(now, &mut self.endpoint, &file) {
             Ok(()) => {
+                self.uploading.insert(name.clone());
                 let members: Vec<String> = group.members.iter().map(|m| m.to_string()).collect();
                 self.say(format!(
                     "upload {name}: sending {} chunks to {}: {}",
