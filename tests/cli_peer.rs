@@ -85,6 +85,19 @@ impl Running {
         }
     }
 
+    /// Waits (bounded) for the process to exit, which it must do with a failure.
+    fn exits_with_failure(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.exited() {
+                assert!(!status.success(), "{}: exited successfully", self.name);
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("try_wait")
     }
@@ -98,8 +111,13 @@ impl Drop for Running {
 }
 
 fn tracker(port: u16) -> (Running, u16) {
+    tracker_with(port, &[])
+}
+
+fn tracker_with(port: u16, extra: &[&str]) -> (Running, u16) {
     let args = ["--bind", "127.0.0.1", "--heartbeat-ms", "300"]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .chain([port.to_string()])
         .collect::<Vec<_>>();
@@ -273,26 +291,33 @@ fn a_rudp_address_others_cannot_reach_is_a_warning() {
 }
 
 #[test]
-fn a_tracker_that_never_answers_is_a_clear_error() {
-    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = silent.local_addr().expect("addr").port();
-    let dir = scratch("silent", "a");
+fn a_full_tracker_says_so() {
+    let (_t, port) = tracker_with(0, &["--max-sessions", "1"]);
+    let _a = peer("a", &scratch("full", "a"), port, &[]);
+    let mut b = unwelcomed_peer(&scratch("full", "b"), port);
+    let line = b.wait_for("error:");
+    assert!(line.contains("turned this peer away"), "{line}");
+    assert!(line.contains("--max-sessions"), "{line}");
+    b.exits_with_failure();
+}
+
+/// A peer started without waiting for the tracker's welcome.
+fn unwelcomed_peer(dir: &Path, port: u16) -> Running {
     let args = [
         "--dir".to_string(),
         dir.display().to_string(),
         "127.0.0.1".into(),
         port.to_string(),
     ];
-    let mut a = Running::start("a", env!("CARGO_BIN_EXE_peer"), &args);
+    Running::start("peer", env!("CARGO_BIN_EXE_peer"), &args)
+}
+
+#[test]
+fn a_tracker_that_never_answers_is_a_clear_error() {
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let mut a = unwelcomed_peer(&scratch("silent", "a"), port);
     let line = a.wait_for("error:");
     assert!(line.contains("is a chunkswarm tracker listening"), "{line}");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = a.exited() {
-            assert!(!status.success());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the peer did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    a.exits_with_failure();
 }

@@ -135,6 +135,11 @@ pub enum PeerError {
         tracker: String,
         error: TrackerClientError,
     },
+    /// The tracker turned this peer away (e.g. it is full).
+    Refused {
+        tracker: String,
+        message: String,
+    },
     /// The first session ended before the tracker's welcome.
     NeverWelcomed {
         tracker: String,
@@ -146,6 +151,12 @@ pub enum PeerError {
 impl fmt::Display for PeerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PeerError::Refused { tracker, message } => {
+                write!(
+                    f,
+                    "the tracker at {tracker} turned this peer away: {message}"
+                )
+            }
             PeerError::NeverWelcomed { tracker, why } => write!(
                 f,
                 "{why} before welcoming this peer; is a chunkswarm tracker listening at {tracker}?"
@@ -196,6 +207,8 @@ pub struct PeerLoop {
     rejoin: BTreeSet<String>,
     /// Files whose upload has started (a second `upload` would resend them).
     uploading: BTreeSet<String>,
+    /// Why the tracker turned this peer away before welcoming it.
+    refusal: Option<String>,
     next_rejoin: Instant,
     client: TrackerClient,
     driver: Driver,
@@ -257,6 +270,7 @@ impl PeerLoop {
             tracker_lost: false,
             rejoin: BTreeSet::new(),
             uploading: BTreeSet::new(),
+            refusal: None,
             next_rejoin: Instant::now(),
             client,
             driver,
@@ -500,6 +514,12 @@ impl PeerLoop {
         let Err(err) = result else {
             return Ok(());
         };
+        if let (None, Some(message)) = (self.me, self.refusal.take()) {
+            return Err(PeerError::Refused {
+                tracker: self.config.tracker_name.clone(),
+                message,
+            });
+        }
         if self.me.is_none() {
             return Err(PeerError::NeverWelcomed {
                 tracker: self.config.tracker_name.clone(),
@@ -1319,6 +1339,14 @@ impl PeerLoop {
 
     fn refused(&mut self, pending: Option<Pending>, code: RefusalCode, message: &str) {
         let (what, hint) = match (&pending, code) {
+            (None, _) if self.me.is_none() => {
+                // Reported as the reason the peer stops (see on_tracker_io).
+                self.refusal = Some(message.to_string());
+                return;
+            }
+            (None, _) if self.tracker_lost => {
+                return debug!("the tracker refused a new session: {message}");
+            }
             (None, _) => {
                 return self.error(format_args!("the tracker refused this session: {message}"))
             }
