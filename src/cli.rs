@@ -123,9 +123,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1048576.0,
         "g" | "gb" => 1e9,
         "gib" => 1073741824.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1099511627776.0,
         other => {
             return Err(format!(
-                "unknown size unit '{other}' in '{s}' (use B, KB, KiB, MB, MiB, GB, GiB)"
+                "unknown size unit '{other}' in '{s}' (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
             ))
         }
     };
@@ -143,6 +145,12 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let bytes = match t.strip_suffix("/s") {
         Some(size) => parse_size(size)?,
+        None if number_and_unit(t).is_some_and(|(v, unit)| v == 0.0 && !unit.is_empty()) => 0,
+        None if number_and_unit(t).is_some_and(|(_, unit)| unit.is_empty()) => {
+            return Err(format!(
+                "'{s}' has no unit; say 20mbit (bits per second) or 2MB/s (bytes per second)"
+            ))
+        }
         None => t
             .parse::<crate::lab::units::Rate>()
             .map_err(|_| format!("'{s}' is not a rate (try 20mbit or 2MB/s)"))?
@@ -165,6 +173,9 @@ mod tests {
         assert_eq!(parse_rate("20mbit"), Ok(2_500_000));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("0mbit").unwrap_err().contains("zero"));
+        assert!(parse_rate("0").unwrap_err().contains("no unit"));
+        assert!(parse_rate("2000000").unwrap_err().contains("no unit"));
     }
 
     #[test]
@@ -174,6 +185,8 @@ mod tests {
         assert_eq!(parse_size("100k"), Ok(100_000));
         assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
         assert_eq!(parse_size("12345"), Ok(12345));
+        assert_eq!(parse_size("1TB"), Ok(1_000_000_000_000));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("4XB").is_err());
         assert!(parse_size("").is_err());

@@ -14,7 +14,9 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -77,6 +79,8 @@ pub enum DemoError {
         what: String,
     },
     Timeout(String),
+    /// SIGINT, SIGTERM or SIGHUP arrived: every process was stopped.
+    Interrupted,
 }
 
 impl fmt::Display for DemoError {
@@ -86,6 +90,7 @@ impl fmt::Display for DemoError {
             DemoError::Setup(what) => write!(f, "{what}"),
             DemoError::Peer { name, what } => write!(f, "{name}: {what}"),
             DemoError::Timeout(what) => write!(f, "timed out {what}"),
+            DemoError::Interrupted => write!(f, "interrupted; stopped the tracker and every peer"),
         }
     }
 }
@@ -198,6 +203,7 @@ impl Proc {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| DemoError::Io(format!("cannot start {name} ({cmd:?})"), e))?;
@@ -270,6 +276,52 @@ impl Proc {
     }
 }
 
+/// The child gets SIGTERM when the demo dies, even by SIGKILL, so no peer
+/// outlives it (Linux `PR_SET_PDEATHSIG`; it survives `ip netns exec`).
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// Set by SIGINT, SIGTERM and SIGHUP; a second signal ends the demo at once.
+fn stop_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        for sig in [
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ] {
+            let _ = signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone());
+            let _ = signal_hook::flag::register(sig, flag.clone());
+        }
+        flag
+    })
+    .clone()
+}
+
+fn interrupted() -> Result<(), DemoError> {
+    if stop_flag().load(Ordering::Relaxed) {
+        Err(DemoError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
 /// Everything the demo started; stopped on drop, whatever happened.
 struct Processes {
     procs: Vec<Proc>,
@@ -322,6 +374,55 @@ fn file_sha256(path: &Path) -> io::Result<Digest32> {
     Ok(h.finalize().into())
 }
 
+/// `size` bytes of seeded pseudo-random data, written in blocks (memory does
+/// not grow with the size).
+fn write_random_file(path: &Path, size: u64, seed: u64) -> io::Result<()> {
+    let mut out = io::BufWriter::new(fs::File::create(path)?);
+    let mut rng = Rng::new(seed);
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        if stop_flag().load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        }
+        let n = left.min(block.len() as u64) as usize;
+        rng.fill(&mut block[..n]);
+        out.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    out.flush()
+}
+
+/// Refuses to start when `copies` files of `size` bytes would not fit on
+/// the disk holding `dir` (with 64 MiB to spare).
+fn check_free_space(dir: &Path, size: u64, copies: usize) -> Result<(), DemoError> {
+    let Some(free) = free_bytes(dir) else {
+        return Ok(());
+    };
+    let need = size.saturating_mul(copies as u64).saturating_add(64 << 20);
+    if need > free {
+        return Err(DemoError::Setup(format!(
+            "{copies} copies of {size} bytes need {} MB but {} has only {} MB free; use a smaller --size or file",
+            need / 1_000_000,
+            dir.display(),
+            free / 1_000_000
+        )));
+    }
+    Ok(())
+}
+
+/// Free bytes for an unprivileged user on the disk holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) writes into the zeroed struct we own; `path` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Waits for a line from process `who` for which `pick` returns Some; an
 /// `error:` line from it fails, and so does the deadline. Lines of others are
 /// handed to `other`.
@@ -335,8 +436,12 @@ fn wait_for<T>(
     other: &mut impl FnMut(&Line),
 ) -> Result<T, DemoError> {
     loop {
+        interrupted()?;
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        if left.is_zero() {
+            return Err(DemoError::Timeout(format!("waiting for {name} to {what}")));
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(100))) {
             Ok(line) => {
                 other(&line);
                 if line.who != who {
@@ -352,9 +457,7 @@ fn wait_for<T>(
                     return Ok(v);
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(DemoError::Timeout(format!("waiting for {name} to {what}")))
-            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(DemoError::Peer {
                     name: name.to_string(),
@@ -386,6 +489,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("chunkswarm-demo-{}", std::process::id())),
     };
+    stop_flag();
     if work.exists() {
         fs::remove_dir_all(&work)
             .map_err(|e| DemoError::Io(format!("clearing {}", work.display()), e))?;
@@ -427,9 +531,8 @@ fn run_in(
             name
         }
         None => {
-            let mut data = vec![0u8; opts.size as usize];
-            Rng::new(opts.seed).fill(&mut data);
-            fs::write(dirs[0].join("video.bin"), &data)
+            check_free_space(work, opts.size, opts.peers)?;
+            write_random_file(&dirs[0].join("video.bin"), opts.size, opts.seed)
                 .map_err(io_err("writing the demo file".into()))?;
             "video.bin".to_string()
         }
@@ -438,6 +541,9 @@ fn run_in(
     let size = fs::metadata(&original)
         .map_err(io_err(format!("reading {}", original.display())))?
         .len();
+    if opts.file.is_some() {
+        check_free_space(work, size.saturating_mul(opts.peers as u64 - 1), 1)?;
+    }
     let sha = file_sha256(&original).map_err(io_err(format!("hashing {}", original.display())))?;
     let mut own_files = vec![file_name.clone()];
     for (i, d) in dirs.iter().enumerate().skip(1) {
@@ -562,7 +668,9 @@ fn run_in(
     let mut done: Vec<Option<(Duration, Digest32)>> = vec![None; opts.peers];
     let mut last_done = None;
     while done.iter().skip(1).any(Option::is_none) && Instant::now() < deadline {
+        interrupted()?;
         while let Ok(line) = rx.recv_timeout(Duration::from_millis(20)) {
+            interrupted()?;
             note(&line);
             if line.who == 1
                 && line.text.trim_start().starts_with("error:")

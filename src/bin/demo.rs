@@ -3,7 +3,7 @@
 //! N-1 peers join the owner's group, and the owner upload; then checks that
 //! every copy is identical.
 
-use chunkswarm::cli::parse_size;
+use chunkswarm::cli::{parse_fraction, parse_rate, parse_size};
 use chunkswarm::demo::{self, DemoOptions};
 use clap::Parser;
 use std::path::PathBuf;
@@ -16,26 +16,27 @@ use std::time::Duration;
     after_help = "Example: cargo run --release --bin demo -- --peers 6 --size 4MB --loss 5%"
 )]
 struct Args {
-    /// Peers in all, the owner included (the class project uses 6).
+    /// Peers in all, the owner included: 2 to 64 (the class project uses 6).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(2..=64))]
     peers: u16,
-    /// Size of the generated file, e.g. 4MB, 10MiB.
-    #[arg(long, default_value = "4MB", value_parser = parse_size)]
+    /// Size of the generated file, e.g. 4MB, 10MiB (0 to 4GiB; every peer keeps a copy on this disk).
+    #[arg(long, default_value = "4MB", value_parser = parse_demo_size)]
     size: u64,
     /// Distribute this file (e.g. a video of at least 2 MB) instead of a generated one.
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
-    /// Drop this share of every peer's outgoing rudp datagrams (rudp's own impairment), e.g. 5%.
-    #[arg(long, value_name = "PCT")]
-    loss: Option<String>,
-    /// Cap every peer's upload rate, e.g. 20mbit or 2MB/s.
-    #[arg(long, value_name = "RATE")]
-    max_upload: Option<String>,
+    /// Drop this share of every peer's outgoing rudp datagrams (rudp's own impairment), e.g. 5%
+    /// (a bare number is a percentage too: 5 means 5%); below 100%. Default: no loss.
+    #[arg(long, value_name = "PCT", value_parser = parse_loss_percent)]
+    loss: Option<f64>,
+    /// Cap every peer's upload rate, e.g. 20mbit or 2MB/s. Default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    max_upload: Option<u64>,
     /// Keep the peers' directories (printed at the end).
     #[arg(long)]
     keep: bool,
     /// Give up if the distribution has not completed after this many seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
     /// Do not echo the peers' output; print only the final table.
     #[arg(long, short)]
@@ -58,6 +59,40 @@ struct Args {
     /// Extra argument passed to every peer (repeatable).
     #[arg(long = "peer-arg", hide = true, allow_hyphen_values = true)]
     peer_args: Vec<String>,
+}
+
+/// The largest generated file: six copies of it land on this disk.
+const MAX_DEMO_SIZE: u64 = 4 << 30;
+
+/// `--size`: a size of at most [`MAX_DEMO_SIZE`].
+fn parse_demo_size(s: &str) -> Result<u64, String> {
+    let size = parse_size(s)?;
+    if size > MAX_DEMO_SIZE {
+        return Err(format!(
+            "{s} is too large for the demo (at most 4GiB: every peer keeps a copy on this disk)"
+        ));
+    }
+    Ok(size)
+}
+
+/// `--loss`: `5%`, or `5` meaning 5% (the flag is a percentage); below 100%.
+/// Returns the fraction the peers' `--loss` takes.
+fn parse_loss_percent(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let with_percent = if t.ends_with('%') {
+        t.to_string()
+    } else {
+        format!("{t}%")
+    };
+    let loss = parse_fraction(&with_percent).map_err(|_| {
+        format!("'{s}' is not a loss percentage (e.g. 5% or 5, from 0 to below 100)")
+    })?;
+    if loss >= 1.0 {
+        return Err(format!(
+            "a loss of {s} drops every datagram, so nothing would arrive; give less than 100%"
+        ));
+    }
+    Ok(loss)
 }
 
 /// Under `cargo run`, builds the sibling `tracker` and `peer` binaries with
@@ -106,11 +141,11 @@ fn main() {
         dir
     });
     let mut peer_args = args.peer_args.clone();
-    if let Some(loss) = &args.loss {
-        peer_args.extend(["--loss".into(), loss.clone()]);
+    if let Some(loss) = args.loss {
+        peer_args.extend(["--loss".into(), loss.to_string()]);
     }
-    if let Some(rate) = &args.max_upload {
-        peer_args.extend(["--max-upload".into(), rate.clone()]);
+    if let Some(rate) = args.max_upload {
+        peer_args.extend(["--max-upload".into(), format!("{rate}B/s")]);
     }
     let opts = DemoOptions {
         peers: args.peers as usize,

@@ -107,8 +107,8 @@ struct RunArgs {
     /// The rudp-perf program (default: next to this netlab binary).
     #[arg(long)]
     perf_bin: Option<PathBuf>,
-    /// Pings sent to measure the path's RTT and loss before the runs (0: none).
-    #[arg(long, default_value_t = 600)]
+    /// Pings sent to measure the path's RTT and loss before the runs (0: none; at most 10000).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     probes: u32,
 }
 
@@ -158,8 +158,8 @@ struct SwarmArgs {
     /// Upload cap of every peer.
     #[arg(long, default_value = "20mbit", value_parser = parse_rate)]
     rate: Rate,
-    /// Size of the file distributed (10MB, 4MiB).
-    #[arg(long, default_value = "10MB", value_parser = parse_size)]
+    /// Size of the file distributed (10MB, 4MiB; at least 1 byte).
+    #[arg(long, default_value = "10MB", value_parser = parse_file_size)]
     size: u64,
     /// Packet loss in each direction through the router.
     #[arg(long, default_value = "0%", value_parser = parse_fraction)]
@@ -200,14 +200,28 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     s.parse::<Rate>().map_err(|e| e.to_string())
 }
 
-/// A program that sits next to this executable, or `explicit`.
-fn sibling(explicit: Option<PathBuf>, name: &str) -> PathBuf {
-    explicit.unwrap_or_else(|| {
-        std::env::current_exe()
+/// `netlab swarm --size`: a size of at least one byte.
+fn parse_file_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("the file must hold at least one byte".into()),
+        n => Ok(n),
+    }
+}
+
+/// A program that sits next to this executable, or `explicit` (`flag`
+/// names it), which must exist: checked before any namespace is built.
+fn sibling(explicit: Option<PathBuf>, flag: &str, name: &str) -> Result<PathBuf, LabError> {
+    match explicit {
+        Some(path) if !path.is_file() => Err(LabError::Setup(format!(
+            "{flag} {}: no such program; give the path of the {name} binary",
+            path.display()
+        ))),
+        Some(path) => Ok(path),
+        None => Ok(std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.join(name)))
-            .unwrap_or_else(|| PathBuf::from(name))
-    })
+            .unwrap_or_else(|| PathBuf::from(name))),
+    }
 }
 
 fn protocols(names: &[String]) -> Result<Vec<Protocol>, LabError> {
@@ -238,6 +252,7 @@ fn self_exe() -> Result<PathBuf, LabError> {
 }
 
 fn compare(args: CompareArgs) -> Result<(), LabError> {
+    let perf_bin = sibling(args.run.perf_bin, "--perf-bin", "rudp-perf")?;
     check_environment()?;
     process::install_interrupt_handlers()?;
     let spec = CompareSpec {
@@ -246,7 +261,7 @@ fn compare(args: CompareArgs) -> Result<(), LabError> {
         duration: args.run.secs,
         method: args.path.impair,
         protocols: protocols(&args.run.protocols)?,
-        perf_bin: sibling(args.run.perf_bin, "rudp-perf"),
+        perf_bin,
         delayer_program: self_exe()?,
         probes: args.run.probes,
     };
@@ -267,6 +282,13 @@ fn compare(args: CompareArgs) -> Result<(), LabError> {
 }
 
 fn run_grid(args: GridArgs) -> Result<(), LabError> {
+    let perf_bin = sibling(args.run.perf_bin, "--perf-bin", "rudp-perf")?;
+    std::fs::create_dir_all(&args.out).map_err(|e| {
+        LabError::Setup(format!(
+            "cannot create --out {}: {e}; give a writable directory",
+            args.out.display()
+        ))
+    })?;
     check_environment()?;
     process::install_interrupt_handlers()?;
     let spec = grid::GridSpec {
@@ -277,7 +299,7 @@ fn run_grid(args: GridArgs) -> Result<(), LabError> {
         method: args.impair,
         duration: args.run.secs,
         protocols: protocols(&args.run.protocols)?,
-        perf_bin: sibling(args.run.perf_bin, "rudp-perf"),
+        perf_bin,
         delayer_program: self_exe()?,
         probes: args.run.probes.min(200),
     };
@@ -289,6 +311,7 @@ fn run_grid(args: GridArgs) -> Result<(), LabError> {
 }
 
 fn run_swarm(args: SwarmArgs) -> Result<(), LabError> {
+    let demo_bin = sibling(args.demo_bin, "--demo-bin", "demo")?;
     check_environment()?;
     process::install_interrupt_handlers()?;
     let spec = swarm::SwarmSpec {
@@ -301,7 +324,7 @@ fn run_swarm(args: SwarmArgs) -> Result<(), LabError> {
             loss: LossModel::Uniform(args.loss),
             seed: 1,
         },
-        demo_bin: sibling(args.demo_bin, "demo"),
+        demo_bin,
         delayer_program: self_exe()?,
         timeout: args.timeout,
         peer_upload_share: Some(swarm::PEER_UPLOAD_SHARE),

@@ -103,6 +103,7 @@ fn run(args: Args) -> Result<(), String> {
     let config = PeerConfig {
         dir: args.dir,
         tracker_name: tracker.to_string(),
+        tracker_addr: tracker,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         advertise: args.advertise,
         rudp: chunkswarm::rudp::Config {

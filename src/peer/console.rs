@@ -30,6 +30,8 @@ pub enum ParseError {
     /// Nothing but blanks (not worth a message).
     Empty,
     Unknown(String),
+    /// The line's bytes are not UTF-8 (e.g. a Latin-1 file name from a script).
+    NotUtf8,
     MissingName(&'static str),
     UnexpectedArgument(&'static str),
     BadName {
@@ -45,6 +47,10 @@ impl fmt::Display for ParseError {
             ParseError::Unknown(word) => {
                 write!(f, "unknown command {word:?}; type help for the list")
             }
+            ParseError::NotUtf8 => write!(
+                f,
+                "the line is not valid UTF-8 text; type commands and file names in UTF-8"
+            ),
             ParseError::MissingName(cmd) => {
                 write!(f, "{cmd} needs a file name: {cmd} <filename>")
             }

@@ -25,7 +25,7 @@ use crate::wire::tracker::{GroupView, PeerId, PeerInfo, RefusalCode, RequestId};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
@@ -41,6 +41,10 @@ pub const TRACKER: Token = Token(0);
 pub const WAKER: Token = Token(1);
 /// The rudp socket.
 pub const UDP: Token = Token(2);
+
+/// How often a peer that lost its tracker tries to reach it again (and
+/// retries joining groups whose owner has not shared the file again yet).
+pub const TRACKER_RETRY: Duration = Duration::from_secs(2);
 
 /// What the console, signal and hashing threads hand to the loop.
 pub enum LoopInput {
@@ -104,6 +108,8 @@ pub struct PeerConfig {
     pub dir: PathBuf,
     /// The tracker as the user named it (for messages).
     pub tracker_name: String,
+    /// The tracker's address (to reconnect after losing it).
+    pub tracker_addr: SocketAddr,
     /// Our heartbeat interval.
     pub heartbeat: Duration,
     pub advertise: Option<std::net::IpAddr>,
@@ -129,20 +135,27 @@ pub enum PeerError {
         tracker: String,
         error: TrackerClientError,
     },
+    /// The first session ended before the tracker's welcome.
+    NeverWelcomed {
+        tracker: String,
+        why: Box<PeerError>,
+    },
     Io(io::Error),
 }
 
 impl fmt::Display for PeerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PeerError::TrackerClosed(t) => write!(
+            PeerError::NeverWelcomed { tracker, why } => write!(
                 f,
-                "the tracker at {t} closed the connection; restart the peer once it is back"
+                "{why} before welcoming this peer; is a chunkswarm tracker listening at {tracker}?"
             ),
-            PeerError::Tracker { tracker, error } => write!(
-                f,
-                "lost the tracker at {tracker}: {error}; restart the peer once it is back"
-            ),
+            PeerError::TrackerClosed(t) => {
+                write!(f, "the tracker at {t} closed the connection")
+            }
+            PeerError::Tracker { tracker, error } => {
+                write!(f, "lost the tracker at {tracker}: {error}")
+            }
             PeerError::Io(e) => write!(f, "event loop failed: {e}"),
         }
     }
@@ -163,13 +176,27 @@ enum Pending {
     List,
     RegisterGroup(String),
     Upload(String),
+    /// After the tracker came back: share this file again.
+    Reshare(String),
+    /// After the tracker came back: join this group again.
+    Rejoin(String),
 }
 
 pub struct PeerLoop {
     poll: Poll,
     waker: Arc<Waker>,
-    tracker: TcpStream,
+    /// The tracker session; None while it is lost (see `tracker_retry`).
+    tracker: Option<TcpStream>,
     tracker_wants_write: bool,
+    /// While the tracker is lost: when to try to reach it again.
+    tracker_retry: Option<Instant>,
+    /// The loss was reported and the tracker has not welcomed us since.
+    tracker_lost: bool,
+    /// Groups to join again once their owner shares the file again.
+    rejoin: BTreeSet<String>,
+    /// Files whose upload has started (a second `upload` would resend them).
+    uploading: BTreeSet<String>,
+    next_rejoin: Instant,
     client: TrackerClient,
     driver: Driver,
     endpoint: Endpoint,
@@ -224,8 +251,13 @@ impl PeerLoop {
         Ok(PeerLoop {
             poll,
             waker,
-            tracker,
+            tracker: Some(tracker),
             tracker_wants_write: true,
+            tracker_retry: None,
+            tracker_lost: false,
+            rejoin: BTreeSet::new(),
+            uploading: BTreeSet::new(),
+            next_rejoin: Instant::now(),
             client,
             driver,
             endpoint,
@@ -274,7 +306,13 @@ impl PeerLoop {
     /// the rudp driver's (endpoint timers, impairment releases) and the
     /// swarms'.
     pub fn poll_timeout(&mut self, now: Instant) -> Duration {
-        let mut at = self.client.poll_timeout();
+        let mut at = match self.tracker_retry {
+            Some(retry) => retry,
+            None => self.client.poll_timeout(),
+        };
+        if !self.rejoin.is_empty() && self.tracker_retry.is_none() {
+            at = at.min(self.next_rejoin);
+        }
         if let Some(t) = self.driver.next_deadline(&mut self.endpoint) {
             at = at.min(t);
         }
@@ -298,7 +336,8 @@ impl PeerLoop {
                 match event.token() {
                     TRACKER => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_tracker()?;
+                            let read = self.read_tracker();
+                            self.on_tracker_io(read)?;
                         }
                     }
                     WAKER => self.drain_console(),
@@ -306,9 +345,11 @@ impl PeerLoop {
                     token => debug!("event for unknown token {token:?}"),
                 }
             }
-            self.handle_timeout(Instant::now())?;
+            let timers = self.handle_timeout(Instant::now());
+            self.on_tracker_io(timers)?;
             self.drive_swarm(Instant::now());
-            self.flush_tracker()?;
+            let flushed = self.flush_tracker();
+            self.on_tracker_io(flushed)?;
         }
         self.close_swarm();
         Ok(())
@@ -434,17 +475,150 @@ impl PeerLoop {
         }
     }
 
-    /// Timers: heartbeats to the tracker, silence from it.
+    /// Timers: heartbeats to the tracker, silence from it, and while it is
+    /// lost, the next attempt to reach it again.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        if let Some(retry) = self.tracker_retry {
+            if now >= retry {
+                self.reconnect(now);
+            }
+            return Ok(());
+        }
+        if !self.rejoin.is_empty() && now >= self.next_rejoin {
+            self.retry_rejoins(now);
+        }
         self.client
             .handle_timeout(now)
             .map_err(|e| self.tracker_error(e))
     }
 
+    /// A tracker read, write or timer failed: before the first welcome the
+    /// peer stops (the command line is wrong); later the peer reports it
+    /// once, keeps trading chunks with the peers it knows, and tries to
+    /// reach the tracker again every [`TRACKER_RETRY`].
+    fn on_tracker_io(&mut self, result: Result<(), PeerError>) -> Result<(), PeerError> {
+        let Err(err) = result else {
+            return Ok(());
+        };
+        if self.me.is_none() {
+            return Err(PeerError::NeverWelcomed {
+                tracker: self.config.tracker_name.clone(),
+                why: Box::new(err),
+            });
+        }
+        if let Some(mut stream) = self.tracker.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        let now = Instant::now();
+        self.tracker_retry = Some(now + TRACKER_RETRY);
+        if !self.tracker_lost {
+            self.tracker_lost = true;
+            self.error(format_args!(
+                "{err}; transfers go on with the peers already known, list, register-peer, register-group and upload wait until it is back (retrying every {} s)",
+                TRACKER_RETRY.as_secs()
+            ));
+        } else {
+            debug!("tracker still unreachable: {err}");
+        }
+        let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        for p in pending {
+            match p {
+                Pending::Reshare(_) => {} // shared again after the next welcome
+                Pending::Rejoin(name) => {
+                    self.rejoin.insert(name);
+                }
+                Pending::RegisterPeer(m) => {
+                    self.tracker_gone_before_answer(&format!("register-peer {}", m.name))
+                }
+                Pending::List => self.tracker_gone_before_answer("list"),
+                Pending::RegisterGroup(n) => {
+                    self.tracker_gone_before_answer(&format!("register-group {n}"))
+                }
+                Pending::Upload(n) => self.tracker_gone_before_answer(&format!("upload {n}")),
+            }
+        }
+        self.run_queued();
+        Ok(())
+    }
+
+    fn tracker_gone_before_answer(&mut self, what: &str) {
+        self.error(format_args!(
+            "{what}: the tracker went away before answering; try again once it is back"
+        ));
+    }
+
+    /// Without a tracker session, a command that needs one is refused.
+    fn tracker_needed(&mut self, what: &str) -> bool {
+        if self.tracker_retry.is_none() {
+            return false;
+        }
+        let tracker = self.config.tracker_name.clone();
+        self.error(format_args!(
+            "{what}: no connection to the tracker at {tracker}; retrying every {} s, try again once it is back",
+            TRACKER_RETRY.as_secs()
+        ));
+        true
+    }
+
+    /// Starts a new session with the tracker (a non-blocking connect; a
+    /// failure shows up as an error on the stream and schedules the next try).
+    fn reconnect(&mut self, now: Instant) {
+        self.tracker_retry = Some(now + TRACKER_RETRY);
+        let mut stream = match TcpStream::connect(self.config.tracker_addr) {
+            Ok(s) => s,
+            Err(e) => return debug!("cannot reach the tracker yet: {e}"),
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            TRACKER,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return debug!("cannot watch the tracker connection: {e}");
+        }
+        let _ = stream.set_nodelay(true);
+        self.tracker = Some(stream);
+        self.tracker_wants_write = true;
+        self.tracker_retry = None;
+        self.client = TrackerClient::new(
+            now,
+            self.driver.local_addr().port(),
+            self.config.advertise,
+            self.config.heartbeat,
+        );
+    }
+
+    /// The tracker welcomed us again: share our files and join our groups again.
+    fn resync(&mut self) {
+        let owned: Vec<(String, Manifest)> = self
+            .owned
+            .iter()
+            .map(|(n, (m, _))| (n.clone(), m.clone()))
+            .collect();
+        for (name, m) in owned {
+            let req = self.client.register_file(m);
+            self.pending.insert(req, Pending::Reshare(name));
+        }
+        let names: Vec<String> = self.joined.keys().cloned().collect();
+        self.rejoin.extend(names);
+        self.retry_rejoins(Instant::now());
+    }
+
+    fn retry_rejoins(&mut self, now: Instant) {
+        self.next_rejoin = now + TRACKER_RETRY;
+        let names: Vec<String> = std::mem::take(&mut self.rejoin).into_iter().collect();
+        for name in names {
+            let req = self.client.join_group(&name);
+            self.pending.insert(req, Pending::Rejoin(name));
+        }
+    }
+
     fn read_tracker(&mut self) -> Result<(), PeerError> {
         let mut buf = [0u8; 64 * 1024];
         loop {
-            match self.tracker.read(&mut buf) {
+            let Some(tracker) = self.tracker.as_mut() else {
+                return Ok(());
+            };
+            match tracker.read(&mut buf) {
                 Ok(0) => return Err(PeerError::TrackerClosed(self.config.tracker_name.clone())),
                 Ok(n) => {
                     if let Err(e) = self.client.handle_bytes(Instant::now(), &buf[..n]) {
@@ -460,19 +634,31 @@ impl PeerLoop {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                     return Err(PeerError::TrackerClosed(self.config.tracker_name.clone()))
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
     fn flush_tracker(&mut self) -> Result<(), PeerError> {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Ok(());
+        };
         let mut written = 0;
         let out = self.client.output();
         while written < out.len() {
-            match self.tracker.write(&out[written..]) {
+            match tracker.write(&out[written..]) {
                 Ok(0) => break,
                 Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // NotConnected: a reconnect still in progress.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+                    ) =>
+                {
+                    break
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(
@@ -495,7 +681,7 @@ impl PeerLoop {
             };
             self.poll
                 .registry()
-                .reregister(&mut self.tracker, TRACKER, interest)?;
+                .reregister(tracker, TRACKER, interest)?;
             self.tracker_wants_write = wants_write;
         }
         Ok(())
@@ -561,13 +747,27 @@ impl PeerLoop {
     /// Runs one console command.
     pub fn handle_command(&mut self, cmd: Command) {
         match cmd {
-            Command::RegisterPeer(name) => self.register_peer(name),
-            Command::List => {
-                let req = self.client.list();
-                self.pending.insert(req, Pending::List);
+            Command::RegisterPeer(name) => {
+                if !self.tracker_needed(&format!("register-peer {name}")) {
+                    self.register_peer(name)
+                }
             }
-            Command::RegisterGroup(name) => self.register_group(name),
-            Command::Upload(name) => self.upload(name),
+            Command::List => {
+                if !self.tracker_needed("list") {
+                    let req = self.client.list();
+                    self.pending.insert(req, Pending::List);
+                }
+            }
+            Command::RegisterGroup(name) => {
+                if !self.tracker_needed(&format!("register-group {name}")) {
+                    self.register_group(name)
+                }
+            }
+            Command::Upload(name) => {
+                if !self.tracker_needed("upload") {
+                    self.upload(name)
+                }
+            }
             Command::Status => self.status(),
             Command::Help => {
                 for line in HELP.lines() {
@@ -630,6 +830,7 @@ impl PeerLoop {
     fn hashed(&mut self, name: String, result: io::Result<Manifest>) {
         self.hashing = None;
         match result {
+            Ok(_) if self.tracker_needed(&format!("register-peer {name}")) => {}
             Ok(manifest) => {
                 let req = self.client.register_file(manifest.clone());
                 self.pending.insert(req, Pending::RegisterPeer(manifest));
@@ -652,6 +853,11 @@ impl PeerLoop {
         if self.joined.contains_key(&name) {
             return self.error(format_args!(
                 "register-group {name}: you are already in its group; see status"
+            ));
+        }
+        if self.rejoin.contains(&name) {
+            return self.error(format_args!(
+                "register-group {name}: already downloading it; this peer rejoins its group by itself once the owner shares it again"
             ));
         }
         let path = self.config.dir.join(&name);
@@ -688,6 +894,12 @@ impl PeerLoop {
                 "upload {name}: you do not share {name}; register it first with register-peer {name}"
             ));
         }
+        if self.uploading.contains(&name) {
+            // A second push would send every chunk again.
+            return self.say(format!(
+                "upload {name}: already started; members that join later get every chunk too (see status)"
+            ));
+        }
         let req = self.client.get_group(&name);
         self.pending.insert(req, Pending::Upload(name));
     }
@@ -712,6 +924,7 @@ impl PeerLoop {
         self.group_to_node(now, &group, true);
         match self.node.start_upload(now, &mut self.endpoint, &file) {
             Ok(()) => {
+                self.uploading.insert(name.clone());
                 let members: Vec<String> = group.members.iter().map(|m| m.to_string()).collect();
                 self.say(format!(
                     "upload {name}: sending {} chunks to {}: {}",
@@ -902,16 +1115,29 @@ impl PeerLoop {
                 udp,
                 heartbeat,
             } => {
+                let again = self.me.is_some();
                 self.me = Some(PeerInfo { id: peer_id, udp });
                 debug!("tracker heartbeat every {} ms", heartbeat.as_millis());
+                if again {
+                    self.tracker_lost = false;
+                    self.say(format!(
+                        "the tracker at {} is back: you are {peer_id} now; sharing {} and rejoining {} again",
+                        self.config.tracker_name,
+                        count(self.owned.len(), "file"),
+                        count(self.joined.len(), "group")
+                    ));
+                    self.resync();
+                    return;
+                }
                 self.say(format!(
                     "{peer_id} online: tracker {}, rudp at {udp}, dir {}",
                     self.config.tracker_name,
                     self.config.dir.display()
                 ));
+                self.check_reachable(udp);
             }
-            TrackerEvent::Registered { req, name } => {
-                if let Some(Pending::RegisterPeer(m)) = self.pending.remove(&req) {
+            TrackerEvent::Registered { req, name } => match self.pending.remove(&req) {
+                Some(Pending::RegisterPeer(m)) => {
                     self.say(format!(
                         "registered {name}: {} bytes, {} chunks, sha256 {}",
                         m.size,
@@ -921,7 +1147,9 @@ impl PeerLoop {
                     self.share(&m);
                     self.owned.insert(name, (m, None));
                 }
-            }
+                Some(Pending::Reshare(name)) => self.say(format!("sharing {name} again")),
+                _ => {}
+            },
             TrackerEvent::Files { req, files } => {
                 self.pending.remove(&req);
                 let mut lines = vec![if files.is_empty() {
@@ -957,6 +1185,23 @@ impl PeerLoop {
                     members,
                 };
                 match req.and_then(|r| self.pending.remove(&r)) {
+                    Some(Pending::Rejoin(name))
+                        if self.node.swarm(&view.manifest.file_hash).is_none() =>
+                    {
+                        self.error(format_args!(
+                            "register-group {name}: the file now shared under that name is another file; \
+                             the download goes on with the peers already known"
+                        ));
+                    }
+                    Some(Pending::Rejoin(name)) => {
+                        self.say(format!(
+                            "rejoined the group of {name}: owner {}, {}",
+                            view.owner,
+                            count(view.members.len(), "member")
+                        ));
+                        self.joined.insert(name, view.clone());
+                        self.group_to_node(Instant::now(), &view, true);
+                    }
                     Some(Pending::Upload(_)) => {
                         self.note_group(view.clone(), false);
                         self.start_upload(view);
@@ -999,8 +1244,18 @@ impl PeerLoop {
                 if let Some(g) = self.joined.remove(&name) {
                     // The members still have each other: keep swapping chunks.
                     self.group_to_node(Instant::now(), &g, false);
+                    let file = g.manifest.file_hash;
+                    let incomplete = self.downloads.get(&file).is_some_and(|d| !d.done);
+                    let hint = if incomplete {
+                        // Chunks no member holds can only come from the owner:
+                        // join again as soon as it shares the file again.
+                        self.rejoin.insert(name.clone());
+                        "; a chunk none of them holds waits until the owner shares the file again (this peer then rejoins by itself)"
+                    } else {
+                        ""
+                    };
                     self.say(format!(
-                        "group {name}: closed, its owner {} went offline; carrying on with the other members",
+                        "group {name}: closed, its owner {} went offline; carrying on with the other members{hint}",
                         g.owner.id
                     ));
                 }
@@ -1011,6 +1266,21 @@ impl PeerLoop {
             }
         }
         self.stop_if_idle();
+    }
+
+    /// Warns when the rudp socket listens on one IP while the tracker tells
+    /// the other peers to use another (e.g. `--bind 127.0.0.1` with a
+    /// tracker on the LAN): nothing would ever reach this peer.
+    fn check_reachable(&mut self, advertised: SocketAddr) {
+        let local = self.driver.local_addr().ip();
+        if local.is_unspecified() || local == advertised.ip() || self.config.advertise.is_some() {
+            return;
+        }
+        let seen = advertised.ip();
+        self.say(format!(
+            "warning: rudp listens on {local} only, but the tracker tells the other peers to reach you at {seen}; \
+             their chunks cannot arrive: restart with --bind 0.0.0.0 (or --bind {seen}), or with --advertise {local} if they can reach that"
+        ));
     }
 
     /// Records a group's new view; with `announce`, prints who joined and left.
@@ -1076,6 +1346,21 @@ impl PeerLoop {
                 "see status; register the file again if it was dropped",
             ),
             (Some(Pending::List), _) => ("list".into(), "try again"),
+            (Some(Pending::Rejoin(n)), RefusalCode::UnknownFile) => {
+                // Its owner has not shared it again (yet): keep trading with
+                // the members we know and try again later.
+                debug!("rejoin {n}: {message}; trying again");
+                self.rejoin.insert(n.clone());
+                return;
+            }
+            (Some(Pending::Rejoin(n)), _) => (
+                format!("register-group {n} (after the tracker came back)"),
+                "the download goes on with the peers already known",
+            ),
+            (Some(Pending::Reshare(n)), _) => (
+                format!("register-peer {n} (after the tracker came back)"),
+                "peers that already know you can still fetch it",
+            ),
         };
         self.error(format_args!("{what}: {message}; {hint}"));
     }
@@ -1115,15 +1400,21 @@ fn send_line(sender: &LoopSender, line: &str) -> bool {
     })
 }
 
+/// Plain lines from a pipe or file; a line that is not UTF-8 is an error
+/// for that line only (reading goes on).
 fn read_lines(sender: &LoopSender) {
     let stdin = io::stdin();
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        match stdin.lock().read_line(&mut line) {
+        match stdin.lock().read_until(b'\n', &mut line) {
             Ok(0) => break,
             Ok(_) => {
-                if !send_line(sender, &line) {
+                let sent = match std::str::from_utf8(&line) {
+                    Ok(text) => send_line(sender, text),
+                    Err(_) => sender.send(LoopInput::Invalid(ParseError::NotUtf8)),
+                };
+                if !sent {
                     return;
                 }
             }

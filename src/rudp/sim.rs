@@ -9,6 +9,11 @@
 //! 3. propagation `delay`, plus the impairment's extra delay, jitter,
 //!    duplication, reordering and corruption.
 //!
+//! [`Sim::set_frame_overhead`] makes each datagram occupy its UDP payload
+//! plus that many bytes in the queue and on the serializer (42 = IPv4, UDP
+//! and Ethernet headers, what a Linux TBF on a veth counts), so that a
+//! simulated 100 Mbit/s is the same link as netlab's.
+//!
 //! Links are independent per direction, so asymmetric paths are two
 //! `set_link` calls. Pairs without a link get [`Sim::set_default_link`]'s
 //! configuration. Everything is seeded: one seed, one run.
@@ -94,7 +99,8 @@ impl Link {
         }
     }
 
-    /// Takes a datagram at `now`; returns when it leaves the serializer, or None if dropped.
+    /// Takes a datagram that occupies `size` bytes on the wire at `now`;
+    /// returns when it leaves the serializer, or None if dropped.
     fn admit(&mut self, now: Instant, size: usize) -> Option<Instant> {
         self.counters.sent += 1;
         if !self.up {
@@ -169,6 +175,7 @@ pub struct Sim {
     buf: Vec<u8>,
     steps: u64,
     oversize: u64,
+    frame_overhead: usize,
 }
 
 impl Sim {
@@ -192,6 +199,7 @@ impl Sim {
             buf: Vec::with_capacity(2048),
             steps: 0,
             oversize: 0,
+            frame_overhead: 0,
         }
     }
 
@@ -206,6 +214,12 @@ impl Sim {
 
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+
+    /// Bytes every datagram occupies on a link beyond its UDP payload (0 by
+    /// default; 42 for IPv4 + UDP + Ethernet headers).
+    pub fn set_frame_overhead(&mut self, bytes: usize) {
+        self.frame_overhead = bytes;
     }
 
     /// Datagrams an endpoint emitted above its own `max_udp_payload` (a bug if not 0).
@@ -314,7 +328,7 @@ impl Sim {
                 let dst = t.destination;
                 let i = self.link_index(src, dst);
                 let link = &mut self.links[i];
-                if let Some(leave) = link.admit(now, t.len) {
+                if let Some(leave) = link.admit(now, t.len + self.frame_overhead) {
                     link.impair.push(leave, dst, &buf[..t.len]);
                     while let Some((at, d, data)) = link.impair.pop_next() {
                         link.counters.delivered += 1;

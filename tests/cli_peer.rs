@@ -1,0 +1,298 @@
+//! The `peer` binary as a user drives it: a console line that is not UTF-8,
+//! a tracker that dies mid-transfer and comes back, and a "tracker" that
+//! never answers. Waits are bounded only so that a bug fails instead of
+//! hanging; nothing here asserts how fast anything is.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running binary: stdin piped, stdout and stderr merged into one channel of lines.
+struct Running {
+    name: &'static str,
+    child: Child,
+    out: Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Running {
+    fn start(name: &'static str, exe: &str, args: &[String]) -> Running {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let (tx, out) = mpsc::channel();
+        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for stream in streams {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Running {
+            name,
+            child,
+            out,
+            log: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(bytes).expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    /// The first line (from now on) that contains `needle`.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        while let Ok(line) = self
+            .out
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!(
+            "{}: no line with {needle:?}; it printed:\n{}",
+            self.name,
+            self.log.join("\n")
+        );
+    }
+
+    /// Like [`wait_for`](Self::wait_for), but a line already printed counts too.
+    fn printed(&mut self, needle: &str) -> String {
+        match self.log.iter().find(|l| l.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(needle),
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tracker(port: u16) -> (Running, u16) {
+    let args = ["--bind", "127.0.0.1", "--heartbeat-ms", "300"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([port.to_string()])
+        .collect::<Vec<_>>();
+    let mut t = Running::start("tracker", env!("CARGO_BIN_EXE_tracker"), &args);
+    let line = t.wait_for("tracker listening on ");
+    let port = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("port");
+    (t, port)
+}
+
+fn peer(name: &'static str, dir: &Path, port: u16, extra: &[&str]) -> Running {
+    let mut args = vec!["--dir".to_string(), dir.display().to_string()];
+    args.extend(
+        [
+            "--bind",
+            "127.0.0.1",
+            "--heartbeat-ms",
+            "300",
+            "--quiet-chunks",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string()),
+    );
+    args.extend(["127.0.0.1".to_string(), port.to_string()]);
+    let mut p = Running::start(name, env!("CARGO_BIN_EXE_peer"), &args);
+    p.wait_for(" online: tracker");
+    p
+}
+
+fn scratch(test: &str, who: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("cli_peer")
+        .join(test)
+        .join(who);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_one_error_and_the_console_goes_on() {
+    let (_t, port) = tracker(0);
+    let dir = scratch("utf8", "a");
+    let mut a = peer("a", &dir, port, &[]);
+    // A Latin-1 file name, as a script on another system might send it.
+    a.write(b"register-peer caf\xe9.bin\n");
+    let err = a.wait_for("error:");
+    assert!(err.contains("UTF-8"), "{err}");
+    a.write(b"list\n");
+    a.wait_for("list: no shared files");
+    a.write(b"quit\n");
+    a.wait_for("bye");
+}
+
+/// Owner `a` (uploads capped at 1 MB/s) has started sending a 3 MB
+/// movie.bin to member `b`.
+struct Upload {
+    a: Running,
+    b: Running,
+    a_dir: PathBuf,
+    b_dir: PathBuf,
+    data: Vec<u8>,
+}
+
+fn slow_upload(test: &str, port: u16) -> Upload {
+    let (a_dir, b_dir) = (scratch(test, "a"), scratch(test, "b"));
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 / 3) as u8).collect();
+    std::fs::write(a_dir.join("movie.bin"), &data).expect("write");
+    let mut a = peer("a", &a_dir, port, &["--max-upload", "1MB/s"]);
+    let mut b = peer("b", &b_dir, port, &[]);
+    a.write(b"register-peer movie.bin\n");
+    a.wait_for("registered movie.bin");
+    b.write(b"register-group movie.bin\n");
+    b.wait_for("joined the group of movie.bin");
+    a.write(b"upload movie.bin\n");
+    a.wait_for("upload movie.bin: sending");
+    Upload {
+        a,
+        b,
+        a_dir,
+        b_dir,
+        data,
+    }
+}
+
+#[test]
+fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
+    let (t, port) = tracker(0);
+    let Upload {
+        mut a,
+        mut b,
+        b_dir,
+        data,
+        ..
+    } = slow_upload("tracker_back", port);
+
+    drop(t); // SIGKILL: the tracker is gone mid-transfer.
+    for p in [&mut a, &mut b] {
+        let line = p.wait_for("error:");
+        assert!(line.contains("transfers go on"), "{line}");
+    }
+    a.write(b"list\n");
+    let refused = a.wait_for("error: list");
+    assert!(
+        refused.contains("no connection to the tracker"),
+        "{refused}"
+    );
+    assert!(a.exited().is_none() && b.exited().is_none());
+
+    // Back on the same port: both share and join again, and the copy completes.
+    let (_t, _) = tracker(port);
+    a.wait_for("is back");
+    a.wait_for("sharing movie.bin again");
+    b.printed("is back");
+    b.printed("complete movie.bin");
+    // It may have asked before `a` shared the file again; it retries until it is in.
+    b.printed("rejoined the group of movie.bin");
+    assert_eq!(std::fs::read(b_dir.join("movie.bin")).expect("copy"), data);
+    b.write(b"list\n");
+    let listed = b.wait_for("movie.bin  3000000 bytes");
+    assert!(listed.contains("group 1"), "{listed}");
+}
+
+#[test]
+fn members_rejoin_by_themselves_when_a_killed_owner_shares_again() {
+    let (_t, port) = tracker(0);
+    let Upload {
+        a,
+        mut b,
+        a_dir,
+        b_dir,
+        data,
+    } = slow_upload("owner_back", port);
+    drop(a); // SIGKILL mid-upload: b holds only part of the file.
+    let closed = b.wait_for("closed, its owner");
+    assert!(closed.contains("rejoins by itself"), "{closed}");
+    b.write(b"register-group movie.bin\n");
+    let refused = b.wait_for("error: register-group");
+    assert!(refused.contains("already downloading"), "{refused}");
+
+    let mut a = peer("a", &a_dir, port, &[]);
+    a.write(b"register-peer movie.bin\n");
+    a.wait_for("registered movie.bin");
+    a.wait_for("group movie.bin: peer");
+    b.printed("rejoined the group of movie.bin");
+    // The owner opens the connections: a restarted owner uploads again.
+    a.write(b"upload movie.bin\n");
+    b.printed("complete movie.bin");
+    assert_eq!(std::fs::read(b_dir.join("movie.bin")).expect("copy"), data);
+    // A second upload would push every chunk again.
+    a.write(b"upload movie.bin\n");
+    a.wait_for("upload movie.bin: already started");
+}
+
+#[test]
+fn a_rudp_address_others_cannot_reach_is_a_warning() {
+    // The tracker sees the TCP session come from 127.0.0.1, so it tells the
+    // group to send to 127.0.0.1:PORT, where nothing listens.
+    let (_t, port) = tracker(0);
+    let dir = scratch("unreachable", "a");
+    let mut args = vec!["--dir".to_string(), dir.display().to_string()];
+    args.extend(["--bind", "127.0.0.2", "127.0.0.1"].map(String::from));
+    args.push(port.to_string());
+    let mut a = Running::start("a", env!("CARGO_BIN_EXE_peer"), &args);
+    let warning = a.wait_for("warning:");
+    assert!(warning.contains("--bind 0.0.0.0"), "{warning}");
+}
+
+#[test]
+fn a_tracker_that_never_answers_is_a_clear_error() {
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let dir = scratch("silent", "a");
+    let args = [
+        "--dir".to_string(),
+        dir.display().to_string(),
+        "127.0.0.1".into(),
+        port.to_string(),
+    ];
+    let mut a = Running::start("a", env!("CARGO_BIN_EXE_peer"), &args);
+    let line = a.wait_for("error:");
+    assert!(line.contains("is a chunkswarm tracker listening"), "{line}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = a.exited() {
+            assert!(!status.success());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the peer did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
