@@ -327,6 +327,7 @@ fn run_swarm(args: SwarmArgs) -> Result<(), LabError> {
         demo_bin,
         delayer_program: self_exe()?,
         timeout: args.timeout,
+        peer_upload_share: Some(swarm::PEER_UPLOAD_SHARE),
     };
     let report = swarm::run_swarm(&spec)?;
     if args.json {
