@@ -128,3 +128,23 @@ fn bad_arguments_are_one_error_line_and_a_failure() {
         );
     }
 }
+
+#[test]
+fn a_client_without_a_server_fails_with_a_hint() {
+    // Port 1 on loopback: nobody listens (rudp: no handshake; TCP: refused).
+    for extra in [&[][..], &["--tcp"][..]] {
+        let perf = env!("CARGO_BIN_EXE_rudp-perf");
+        let out = run(
+            perf,
+            &[&["client", "127.0.0.1:1", "--time", "1"][..], extra].concat(),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: "), "{stderr}");
+        assert!(
+            last.contains("is `rudp-perf server` (still) running at 127.0.0.1:1"),
+            "{last}"
+        );
+    }
+}

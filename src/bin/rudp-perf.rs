@@ -173,7 +173,8 @@ fn run_client(args: ClientArgs) -> Result<(), String> {
             Mode::Rudp => opts.config.cc.name(),
         }
     );
-    let report = perf::run_client(&opts, &mut |iv| println!("{iv}")).map_err(|e| e.to_string())?;
+    let report = perf::run_client(&opts, &mut |iv| println!("{iv}"))
+        .map_err(|e| format!("{e}; is `rudp-perf server` (still) running at {server}?"))?;
     println!("{report}");
     if args.json {
         println!("{}", report.to_json());
