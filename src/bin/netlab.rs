@@ -64,7 +64,8 @@ struct PathArgs {
     /// Extra one-way delay, uniform in [0, JITTER]; packets keep their order.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     jitter: Duration,
-    /// Bursty loss (Gilbert-Elliott) with this mean burst length in packets, at the same average --loss.
+    /// Bursty loss (Gilbert-Elliott) with this mean burst length in packets, at the same
+    /// average --loss. Default: uniform loss.
     #[arg(long)]
     burst: Option<f64>,
     /// Seed for the loss and jitter draws.
@@ -101,7 +102,7 @@ struct RunArgs {
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     secs: Duration,
     /// Only these rows, comma-separated (rudp-newreno, rudp-bbr, tcp-cubic, tcp-bbr);
-    /// `none` only measures the path.
+    /// `none` only measures the path. Default: all four.
     #[arg(long, value_delimiter = ',')]
     protocols: Vec<String>,
     /// The rudp-perf program (default: next to this netlab binary).

@@ -65,13 +65,14 @@ struct ClientArgs {
         conflicts_with = "bytes"
     )]
     time: Duration,
-    /// Send this many bytes instead (e.g. 100MB), rounded up to whole 100 KiB messages.
+    /// Send this many bytes instead of --time (e.g. 100MB), rounded up to whole 100 KiB messages.
     #[arg(long, short = 'n', value_name = "SIZE", value_parser = parse_bytes)]
     bytes: Option<u64>,
     /// Run the same transfer over TCP instead of rudp.
     #[arg(long, conflicts_with = "raw_udp")]
     tcp: bool,
-    /// TCP congestion control for --tcp (TCP_CONGESTION, e.g. cubic, bbr).
+    /// TCP congestion control for --tcp (TCP_CONGESTION, e.g. cubic, bbr). Default: the
+    /// kernel's (sysctl net.ipv4.tcp_congestion_control).
     #[arg(long, value_name = "NAME", requires = "tcp")]
     tcp_cc: Option<String>,
     /// Blast datagrams of --mtu bytes without reliability or congestion
