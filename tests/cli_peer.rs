@@ -291,6 +291,32 @@ fn a_rudp_address_others_cannot_reach_is_a_warning() {
 }
 
 #[test]
+fn a_file_too_large_is_refused_at_once_and_quit_cancels_a_long_hash() {
+    let (_t, port) = tracker(0);
+    let dir = scratch("large", "a");
+    let sparse = |name: &str, len: u64| {
+        let f = std::fs::File::create(dir.join(name)).expect("create");
+        f.set_len(len).expect("sparse file");
+    };
+    sparse("huge.bin", (16 << 30) + 1);
+    sparse("big.bin", 4 << 30);
+    let mut a = peer("a", &dir, port, &[]);
+    // Refused from its size, not after reading 16 GiB.
+    a.write(b"register-peer huge.bin\nlist\n");
+    let refused = a.wait_for("error: register-peer huge.bin");
+    assert!(refused.contains("more than"), "{refused}");
+    a.wait_for("list: no shared files");
+    // Hashing 4 GiB takes a while: quit does not wait for it.
+    a.write(b"register-peer big.bin\n");
+    a.wait_for("register-peer: hashing");
+    a.write(b"quit\n");
+    a.wait_for("register-peer big.bin: cancelled");
+    a.wait_for("bye");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_full_tracker_says_so() {
     let (_t, port) = tracker_with(0, &["--max-sessions", "1"]);
     let _a = peer("a", &scratch("full", "a"), port, &[]);

@@ -18,7 +18,7 @@ use super::progress::{self, Bars, Download, Summary};
 use super::storage::StorageError;
 use super::swarm::{DiskRole, Swarm, SwarmConfig};
 use super::tracker_client::{TrackerClient, TrackerClientError, TrackerEvent};
-use crate::manifest::{hex, Digest32, Manifest};
+use crate::manifest::{hex, Digest32, Manifest, MAX_FILE_SIZE};
 use crate::rudp::driver::Driver;
 use crate::rudp::{Config as RudpConfig, Endpoint};
 use crate::wire::tracker::{GroupView, PeerId, PeerInfo, RefusalCode, RequestId};
@@ -41,6 +41,9 @@ pub const TRACKER: Token = Token(0);
 pub const WAKER: Token = Token(1);
 /// The rudp socket.
 pub const UDP: Token = Token(2);
+
+/// Files at least this large get a line saying they are being hashed.
+const LONG_HASH: u64 = 64 << 20;
 
 /// How often a peer that lost its tracker tries to reach it again (and
 /// retries joining groups whose owner has not shared the file again yet).
@@ -720,6 +723,12 @@ impl PeerLoop {
                     self.out = ConsoleOutput::Terminal(p);
                 }
                 LoopInput::Hashed { name, result } => self.hashed(name, result),
+                // Do not make the user wait for a long hash to finish.
+                LoopInput::Command(Command::Quit) if self.hashing.is_some() => {
+                    let name = self.hashing.take().unwrap_or_default();
+                    self.say(format!("register-peer {name}: cancelled"));
+                    self.handle_command(Command::Quit);
+                }
                 other => self.queued.push_back(other),
             }
         }
@@ -821,6 +830,19 @@ impl PeerLoop {
                 return self.error(format_args!(
                     "register-peer {name}: {shown} is not a regular file; share a plain file (not a directory or link)"
                 ))
+            }
+            Ok(m) if m.len() > MAX_FILE_SIZE => {
+                return self.error(format_args!(
+                    "register-peer {name}: {shown} holds {} bytes, more than the {MAX_FILE_SIZE} a shared file may; split it first",
+                    m.len()
+                ))
+            }
+            Ok(m) if m.len() >= LONG_HASH => {
+                // No file name in this line: scripts wait for the name.
+                self.say(format!(
+                    "register-peer: hashing {:.1} MB first (quit cancels it)",
+                    m.len() as f64 / 1e6
+                ));
             }
             Ok(_) => {}
         }
