@@ -229,6 +229,9 @@ fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
         refused.contains("no connection to the tracker"),
         "{refused}"
     );
+    a.write(b"status\n");
+    let status = a.wait_for("status: ");
+    assert!(status.contains("(connection lost, retrying)"), "{status}");
     assert!(a.exited().is_none() && b.exited().is_none());
 
     // Back on the same port: both share and join again, and the copy completes.

@@ -1094,8 +1094,13 @@ impl PeerLoop {
             Some(p) => p.to_string(),
             None => "not yet welcomed".into(),
         };
+        let lost = if self.tracker_retry.is_some() {
+            " (connection lost, retrying)"
+        } else {
+            ""
+        };
         let mut lines = vec![format!(
-            "status: {me}; tracker {}; dir {}",
+            "status: {me}; tracker {}{lost}; dir {}",
             self.config.tracker_name,
             self.config.dir.display()
         )];
