@@ -7,11 +7,11 @@ use std::time::Duration;
 /// The `-v`/`-q` flags every binary takes; flatten it into a clap parser.
 #[derive(clap::Args, Debug, Clone, Copy, Default)]
 pub struct Verbosity {
-    /// More log output on stderr (repeat for more).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More log output on stderr (repeat for more; the default level is info).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 900)]
     pub verbose: u8,
-    /// Less log output on stderr (repeat for less).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// Less log output on stderr (repeat for less: -q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 901)]
     pub quiet: u8,
 }
 

@@ -85,6 +85,19 @@ impl Running {
         }
     }
 
+    /// Waits (bounded) for the process to exit, which it must do with a failure.
+    fn exits_with_failure(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.exited() {
+                assert!(!status.success(), "{}: exited successfully", self.name);
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("try_wait")
     }
@@ -98,8 +111,13 @@ impl Drop for Running {
 }
 
 fn tracker(port: u16) -> (Running, u16) {
+    tracker_with(port, &[])
+}
+
+fn tracker_with(port: u16, extra: &[&str]) -> (Running, u16) {
     let args = ["--bind", "127.0.0.1", "--heartbeat-ms", "300"]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .chain([port.to_string()])
         .collect::<Vec<_>>();
@@ -158,10 +176,18 @@ fn a_line_that_is_not_utf8_is_one_error_and_the_console_goes_on() {
     a.wait_for("bye");
 }
 
-#[test]
-fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
-    let (t, port) = tracker(0);
-    let (a_dir, b_dir) = (scratch("tracker_back", "a"), scratch("tracker_back", "b"));
+/// Owner `a` (uploads capped at 1 MB/s) has started sending a 3 MB
+/// movie.bin to member `b`.
+struct Upload {
+    a: Running,
+    b: Running,
+    a_dir: PathBuf,
+    b_dir: PathBuf,
+    data: Vec<u8>,
+}
+
+fn slow_upload(test: &str, port: u16) -> Upload {
+    let (a_dir, b_dir) = (scratch(test, "a"), scratch(test, "b"));
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 / 3) as u8).collect();
     std::fs::write(a_dir.join("movie.bin"), &data).expect("write");
     let mut a = peer("a", &a_dir, port, &["--max-upload", "1MB/s"]);
@@ -172,6 +198,25 @@ fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
     b.wait_for("joined the group of movie.bin");
     a.write(b"upload movie.bin\n");
     a.wait_for("upload movie.bin: sending");
+    Upload {
+        a,
+        b,
+        a_dir,
+        b_dir,
+        data,
+    }
+}
+
+#[test]
+fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
+    let (t, port) = tracker(0);
+    let Upload {
+        mut a,
+        mut b,
+        b_dir,
+        data,
+        ..
+    } = slow_upload("tracker_back", port);
 
     drop(t); // SIGKILL: the tracker is gone mid-transfer.
     for p in [&mut a, &mut b] {
@@ -184,6 +229,9 @@ fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
         refused.contains("no connection to the tracker"),
         "{refused}"
     );
+    a.write(b"status\n");
+    let status = a.wait_for("status: ");
+    assert!(status.contains("(connection lost, retrying)"), "{status}");
     assert!(a.exited().is_none() && b.exited().is_none());
 
     // Back on the same port: both share and join again, and the copy completes.
@@ -201,26 +249,104 @@ fn peers_outlive_their_tracker_and_rejoin_when_it_is_back() {
 }
 
 #[test]
-fn a_tracker_that_never_answers_is_a_clear_error() {
-    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = silent.local_addr().expect("addr").port();
-    let dir = scratch("silent", "a");
+fn members_rejoin_by_themselves_when_a_killed_owner_shares_again() {
+    let (_t, port) = tracker(0);
+    let Upload {
+        a,
+        mut b,
+        a_dir,
+        b_dir,
+        data,
+    } = slow_upload("owner_back", port);
+    drop(a); // SIGKILL mid-upload: b holds only part of the file.
+    let closed = b.wait_for("closed, its owner");
+    assert!(closed.contains("rejoins by itself"), "{closed}");
+    b.write(b"register-group movie.bin\n");
+    let refused = b.wait_for("error: register-group");
+    assert!(refused.contains("already downloading"), "{refused}");
+
+    let mut a = peer("a", &a_dir, port, &[]);
+    a.write(b"register-peer movie.bin\n");
+    a.wait_for("registered movie.bin");
+    a.wait_for("group movie.bin: peer");
+    b.printed("rejoined the group of movie.bin");
+    // The owner opens the connections: a restarted owner uploads again.
+    a.write(b"upload movie.bin\n");
+    b.printed("complete movie.bin");
+    assert_eq!(std::fs::read(b_dir.join("movie.bin")).expect("copy"), data);
+    // A second upload would push every chunk again.
+    a.write(b"upload movie.bin\n");
+    a.wait_for("upload movie.bin: already started");
+}
+
+#[test]
+fn a_rudp_address_others_cannot_reach_is_a_warning() {
+    // The tracker sees the TCP session come from 127.0.0.1, so it tells the
+    // group to send to 127.0.0.1:PORT, where nothing listens.
+    let (_t, port) = tracker(0);
+    let dir = scratch("unreachable", "a");
+    let mut args = vec!["--dir".to_string(), dir.display().to_string()];
+    args.extend(["--bind", "127.0.0.2", "127.0.0.1"].map(String::from));
+    args.push(port.to_string());
+    let mut a = Running::start("a", env!("CARGO_BIN_EXE_peer"), &args);
+    let warning = a.wait_for("warning:");
+    assert!(warning.contains("--bind 0.0.0.0"), "{warning}");
+}
+
+#[test]
+fn a_file_too_large_is_refused_at_once_and_quit_cancels_a_long_hash() {
+    let (_t, port) = tracker(0);
+    let dir = scratch("large", "a");
+    let sparse = |name: &str, len: u64| {
+        let f = std::fs::File::create(dir.join(name)).expect("create");
+        f.set_len(len).expect("sparse file");
+    };
+    sparse("huge.bin", (16 << 30) + 1);
+    sparse("big.bin", 4 << 30);
+    let mut a = peer("a", &dir, port, &[]);
+    // Refused from its size, not after reading 16 GiB.
+    a.write(b"register-peer huge.bin\nlist\n");
+    let refused = a.wait_for("error: register-peer huge.bin");
+    assert!(refused.contains("more than"), "{refused}");
+    a.wait_for("list: no shared files");
+    // Hashing 4 GiB takes a while: quit does not wait for it.
+    a.write(b"register-peer big.bin\n");
+    a.wait_for("register-peer: hashing");
+    a.write(b"quit\n");
+    a.wait_for("register-peer big.bin: cancelled");
+    a.wait_for("bye");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_tracker_says_so() {
+    let (_t, port) = tracker_with(0, &["--max-sessions", "1"]);
+    let _a = peer("a", &scratch("full", "a"), port, &[]);
+    let mut b = unwelcomed_peer(&scratch("full", "b"), port);
+    let line = b.wait_for("error:");
+    assert!(line.contains("turned this peer away"), "{line}");
+    assert!(line.contains("--max-sessions"), "{line}");
+    b.exits_with_failure();
+}
+
+/// A peer started without waiting for the tracker's welcome.
+fn unwelcomed_peer(dir: &Path, port: u16) -> Running {
     let args = [
         "--dir".to_string(),
         dir.display().to_string(),
         "127.0.0.1".into(),
         port.to_string(),
     ];
-    let mut a = Running::start("a", env!("CARGO_BIN_EXE_peer"), &args);
+    Running::start("peer", env!("CARGO_BIN_EXE_peer"), &args)
+}
+
+#[test]
+fn a_tracker_that_never_answers_is_a_clear_error() {
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let mut a = unwelcomed_peer(&scratch("silent", "a"), port);
     let line = a.wait_for("error:");
     assert!(line.contains("is a chunkswarm tracker listening"), "{line}");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = a.exited() {
-            assert!(!status.success());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the peer did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    a.exits_with_failure();
 }

@@ -58,6 +58,10 @@ struct Peer {
     completed_at: Option<Instant>,
     /// Time the uplink spent sending.
     busy: Duration,
+    /// (start, end) of every transmission, for the utilisation timeline.
+    sends: Vec<(Instant, Instant)>,
+    /// The connection the uplink took a chunk from last.
+    turn: usize,
 }
 
 /// (time, node, chunk, sender) of every chunk received: the run's fingerprint.
@@ -89,6 +93,8 @@ struct Sim {
     config: SwarmConfig,
     /// Noticing a dead peer takes this long (rudp's PTO bound).
     dead_after: Duration,
+    /// Control messages skip the chunks queued on the uplink.
+    control_first: bool,
     /// The tracker drops a dead peer after three heartbeats.
     tracker_dead_after: Duration,
 }
@@ -126,6 +132,7 @@ impl Sim {
             data,
             config: SwarmConfig::default(),
             dead_after: Duration::from_secs(2),
+            control_first: false,
             tracker_dead_after: Duration::from_secs(6),
         };
         for _ in 0..peers {
@@ -150,6 +157,8 @@ impl Sim {
             upload_rate: 10e6,
             completed_at: None,
             busy: Duration::ZERO,
+            sends: Vec::new(),
+            turn: 0,
         });
         i
     }
@@ -273,10 +282,21 @@ impl Sim {
         };
         let len = msg.encode().len() as f64;
         let p = &mut self.peers[from];
-        let start = p.uplink_free_at.max(self.now);
+        // A control message either waits for the chunks queued on the uplink
+        // (one FIFO, as in a kernel rate limiter's queue) or goes out at once
+        // (`control_first`: the node's upload cap paces only chunks).
+        let ahead = !is_chunk && self.control_first;
+        let start = if ahead {
+            self.now
+        } else {
+            p.uplink_free_at.max(self.now)
+        };
         let done = start + Duration::from_secs_f64(len / p.upload_rate);
-        p.uplink_free_at = done;
-        p.busy += done - start;
+        if !ahead {
+            p.uplink_free_at = done;
+            p.busy += done - start;
+            p.sends.push((start, done));
+        }
         let at = done + self.link_latency(from, to);
         let from_addr = addr(from);
         self.schedule(
@@ -365,26 +385,50 @@ impl Sim {
                 let Some(s) = self.peers[i].swarm.as_ref() else {
                     continue;
                 };
+                // The uplink takes a chunk only when it is (nearly) free, from
+                // its connections in turn, like the node under its upload
+                // cap: what goes next is chosen as late as possible.
+                // Among connections, the one whose next chunk is rarest
+                // (`upload_rank`), in turn among equals.
                 let neighbours: Vec<SocketAddr> = s.neighbours().collect();
-                for peer in neighbours {
+                let k = neighbours.len();
+                while k > 0 && self.uplink_queue(i) < UPLINK_DEPTH {
+                    let turn = self.peers[i].turn % k;
+                    let swarm = self.peers[i].swarm.as_ref().unwrap();
+                    // (rank, distance in turn order, connection)
+                    let best = (1..=k)
+                        .map(|d| (d, (turn + d) % k))
+                        .filter(|&(_, c)| {
+                            let j = self.by_addr[&neighbours[c]];
+                            // a dead connection takes nothing (rudp backlog)
+                            self.conns.contains_key(&Sim::conn_key(i, j))
+                        })
+                        .filter_map(|(d, c)| swarm.upload_rank(neighbours[c]).map(|r| (r, d, c)))
+                        .min();
+                    let Some((_, _, c)) = best else { break };
+                    self.peers[i].turn = c;
+                    let peer = neighbours[c];
                     let j = self.by_addr[&peer];
-                    if !self.conns.contains_key(&Sim::conn_key(i, j)) {
-                        continue; // a dead connection takes nothing (rudp backlog)
-                    }
-                    while self.on_wire.get(&(i, j)).copied().unwrap_or(0) < WIRE_DEPTH {
-                        let swarm = self.peers[i].swarm.as_mut().unwrap();
-                        let Some(msg) = swarm.poll_upload(peer) else {
-                            break;
-                        };
-                        busy = true;
-                        self.transmit(i, j, msg, true);
-                    }
+                    let swarm = self.peers[i].swarm.as_mut().unwrap();
+                    let Some(msg) = swarm.poll_upload(peer) else {
+                        break;
+                    };
+                    busy = true;
+                    self.transmit(i, j, msg, true);
                 }
             }
             if !busy {
                 return;
             }
         }
+    }
+
+    /// Chunks on peer `i`'s uplink, not yet sent.
+    fn uplink_queue(&self, i: usize) -> usize {
+        self.on_wire
+            .range((i, 0)..(i + 1, 0))
+            .map(|(_, &n)| n)
+            .sum()
     }
 
     fn live(&self, i: usize, epoch: u64, peer: SocketAddr) -> bool {
@@ -538,6 +582,29 @@ impl Sim {
         out
     }
 
+    /// Per-peer uplink utilisation in `bins` equal slices from `start` to now
+    /// (percent, one row per peer): where the distribution time goes.
+    fn timeline(&self, start: Instant, bins: u32) -> String {
+        let total = self.now.saturating_duration_since(start);
+        let width = total / bins;
+        let mut out = String::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let mut row = format!("peer {i:2}:");
+            for b in 0..bins {
+                let (lo, hi) = (start + width * b, start + width * (b + 1));
+                let busy: Duration = p
+                    .sends
+                    .iter()
+                    .map(|&(s, e)| e.min(hi).saturating_duration_since(s.max(lo)))
+                    .sum();
+                row += &format!(" {:3.0}", 100.0 * busy.as_secs_f64() / width.as_secs_f64());
+            }
+            out += &row;
+            out.push('\n');
+        }
+        out
+    }
+
     fn union_of_members_full(&self) -> bool {
         let n = self.manifest.chunk_count();
         let mut u = ChunkBitmap::empty(n);
@@ -556,7 +623,8 @@ impl Sim {
 }
 
 const MB: usize = 1_000_000;
-const WIRE_DEPTH: usize = 1;
+/// Chunks queued on an uplink at most (the one being sent included).
+const UPLINK_DEPTH: usize = 1;
 
 /// Owner + `members`, all joined, then the owner uploads.
 fn standard(seed: u64, members: usize, size: usize) -> Sim {
@@ -609,7 +677,8 @@ fn six_peers_complete_and_verify() {
         assert!(from.len() > 1, "peer {i} only used the owner");
         assert_eq!(s.stats().bad_chunks, 0);
     }
-    // The owner sent each chunk about once: the members did the rest.
+    // The owner pushed each chunk once; once they were all out it helped
+    // with requests, but the members served most copies.
     let owner = sim.peers[0].swarm.as_ref().unwrap();
     assert_eq!(owner.stats().pushed_chunks, n as u64);
     let upload_done = sim.upload_done.expect("the owner reported its upload done");
@@ -618,10 +687,7 @@ fn six_peers_complete_and_verify() {
         .iter()
         .all(|p| p.completed_at.is_none_or(|t| t >= upload_done)));
     let up = owner_uploads(&sim);
-    assert!(
-        up >= n && up <= n + n / 4,
-        "owner uploaded {up} of {n} chunks"
-    );
+    assert!(up >= n && up <= 2 * n, "owner uploaded {up} of {n} chunks");
 }
 
 #[test]
@@ -630,7 +696,7 @@ fn thirty_peers_complete_and_verify() {
     complete(&mut sim, Duration::from_secs(120));
     let n = sim.manifest.chunk_count();
     let up = owner_uploads(&sim);
-    assert!(up >= n && up <= 2 * n, "owner uploaded {up} of {n} chunks");
+    assert!(up >= n && up <= 3 * n, "owner uploaded {up} of {n} chunks");
     // Each member kept to the owner and at most three members.
     for i in 1..30 {
         let s = sim.peers[i].swarm.as_ref().unwrap();
@@ -842,9 +908,18 @@ fn disk_store_keeps_only_verified_chunks() {
 }
 
 /// With every uplink capped, the time until the last member completes,
-/// against the P2P lower bound max(F/u_s, N·F/(u_s + Σu_i)).
-fn distribution_vs_bound(members: usize, u_s: f64, u_i: f64, size: usize) -> f64 {
-    let mut sim = Sim::new(9, members + 1, size);
+/// against the P2P lower bound max(F/u_s, N·F/(u_s + Σu_i)); prints the
+/// first run's per-uplink utilisation over time (where the time goes).
+fn distribution_vs_bound(
+    seed: u64,
+    control_first: bool,
+    members: usize,
+    u_s: f64,
+    u_i: f64,
+    size: usize,
+) -> f64 {
+    let mut sim = Sim::new(seed, members + 1, size);
+    sim.control_first = control_first;
     sim.peers[0].upload_rate = u_s;
     for p in sim.peers.iter_mut().skip(1) {
         p.upload_rate = u_i;
@@ -857,35 +932,52 @@ fn distribution_vs_bound(members: usize, u_s: f64, u_i: f64, size: usize) -> f64
     let start = sim.now;
     let owner = sim.peers[0].swarm.as_mut().unwrap();
     owner.start_upload(start).unwrap();
-    complete(&mut sim, Duration::from_secs(600));
+    sim.run_until(
+        Duration::from_secs(600),
+        |_| {},
+        Sim::all_live_members_complete,
+    );
+    sim.assert_all_verified();
     let took = (sim.now - start).as_secs_f64();
-    let busy: Vec<String> = sim
-        .peers
-        .iter()
-        .map(|p| format!("{:.0}%", 100.0 * p.busy.as_secs_f64() / took))
-        .collect();
-    eprintln!("uplink busy: {}", busy.join(" "));
     let f = size as f64;
     let n = members as f64;
     let bound = (f / u_s).max(n * f / (u_s + n * u_i));
-    eprintln!(
-        "1+{members}: {took:.2} s, bound {bound:.2} s, ratio {:.2}, client-server {:.2} s",
-        took / bound,
-        n * f / u_s
-    );
+    if seed == DISTRIBUTION_SEEDS.start {
+        eprintln!(
+            "1+{members}, u_s {:.0} MB/s, control first {control_first}: {took:.2} s, bound {bound:.2} s, client-server {:.2} s; uplink busy (%) per tenth of the run:",
+            u_s / 1e6,
+            n * f / u_s
+        );
+        eprint!("{}", sim.timeline(start, 10));
+    }
     took / bound
 }
 
-/// A regression guard on the swarm's efficiency in this model (uplinks
-/// shared FIFO, no transport overhead). With three member neighbours each,
-/// chunks pushed last need several hops, so the model lands at 1.2-1.7x the
-/// bound (README, performance section); it must not get worse.
+const DISTRIBUTION_SEEDS: std::ops::Range<u64> = 9..14;
+
+/// The swarm's efficiency in this model (uplinks capped, no transport
+/// overhead), over five seeds: the median ratio to the P2P bound is the
+/// README's figure; the test only guards against a regression (members
+/// keep at most three member neighbours, so the chunks pushed last need
+/// several hops). `cargo test --test swarm_logic distribution -- --nocapture`.
 #[test]
 fn distribution_time_near_the_p2p_bound() {
-    for members in [5, 15] {
-        for u_s in [1e6, 2e6] {
-            let ratio = distribution_vs_bound(members, u_s, 1e6, 4 * MB);
-            assert!(ratio < 1.75, "1+{members}: {ratio:.2} x the bound");
+    for control_first in [true, false] {
+        for members in [5, 15] {
+            for u_s in [1e6, 2e6] {
+                let mut r: Vec<f64> = DISTRIBUTION_SEEDS
+                    .map(|seed| {
+                        distribution_vs_bound(seed, control_first, members, u_s, 1e6, 4 * MB)
+                    })
+                    .collect();
+                r.sort_by(f64::total_cmp);
+                let median = r[r.len() / 2];
+                eprintln!(
+                    "1+{members}, u_s {:.0} MB/s, u_i 1 MB/s, control first {control_first}: ratio to the bound {r:.2?}, median {median:.2}",
+                    u_s / 1e6
+                );
+                assert!(median < 1.5, "1+{members}: {median:.2} x the bound");
+            }
         }
     }
 }

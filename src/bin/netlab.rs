@@ -64,7 +64,8 @@ struct PathArgs {
     /// Extra one-way delay, uniform in [0, JITTER]; packets keep their order.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     jitter: Duration,
-    /// Bursty loss (Gilbert-Elliott) with this mean burst length in packets, at the same average --loss.
+    /// Bursty loss (Gilbert-Elliott) with this mean burst length in packets, at the same
+    /// average --loss. Default: uniform loss.
     #[arg(long)]
     burst: Option<f64>,
     /// Seed for the loss and jitter draws.
@@ -101,14 +102,14 @@ struct RunArgs {
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     secs: Duration,
     /// Only these rows, comma-separated (rudp-newreno, rudp-bbr, tcp-cubic, tcp-bbr);
-    /// `none` only measures the path.
+    /// `none` only measures the path. Default: all four.
     #[arg(long, value_delimiter = ',')]
     protocols: Vec<String>,
     /// The rudp-perf program (default: next to this netlab binary).
     #[arg(long)]
     perf_bin: Option<PathBuf>,
-    /// Pings sent to measure the path's RTT and loss before the runs (0: none).
-    #[arg(long, default_value_t = 600)]
+    /// Pings sent to measure the path's RTT and loss before the runs (0: none; at most 10000).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     probes: u32,
 }
 
@@ -158,8 +159,8 @@ struct SwarmArgs {
     /// Upload cap of every peer.
     #[arg(long, default_value = "20mbit", value_parser = parse_rate)]
     rate: Rate,
-    /// Size of the file distributed (10MB, 4MiB).
-    #[arg(long, default_value = "10MB", value_parser = parse_size)]
+    /// Size of the file distributed (10MB, 4MiB; at least 1 byte).
+    #[arg(long, default_value = "10MB", value_parser = parse_file_size)]
     size: u64,
     /// Packet loss in each direction through the router.
     #[arg(long, default_value = "0%", value_parser = parse_fraction)]
@@ -200,14 +201,28 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     s.parse::<Rate>().map_err(|e| e.to_string())
 }
 
-/// A program that sits next to this executable, or `explicit`.
-fn sibling(explicit: Option<PathBuf>, name: &str) -> PathBuf {
-    explicit.unwrap_or_else(|| {
-        std::env::current_exe()
+/// `netlab swarm --size`: a size of at least one byte.
+fn parse_file_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("the file must hold at least one byte".into()),
+        n => Ok(n),
+    }
+}
+
+/// A program that sits next to this executable, or `explicit` (`flag`
+/// names it), which must exist: checked before any namespace is built.
+fn sibling(explicit: Option<PathBuf>, flag: &str, name: &str) -> Result<PathBuf, LabError> {
+    match explicit {
+        Some(path) if !path.is_file() => Err(LabError::Setup(format!(
+            "{flag} {}: no such program; give the path of the {name} binary",
+            path.display()
+        ))),
+        Some(path) => Ok(path),
+        None => Ok(std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.join(name)))
-            .unwrap_or_else(|| PathBuf::from(name))
-    })
+            .unwrap_or_else(|| PathBuf::from(name))),
+    }
 }
 
 fn protocols(names: &[String]) -> Result<Vec<Protocol>, LabError> {
@@ -238,6 +253,7 @@ fn self_exe() -> Result<PathBuf, LabError> {
 }
 
 fn compare(args: CompareArgs) -> Result<(), LabError> {
+    let perf_bin = sibling(args.run.perf_bin, "--perf-bin", "rudp-perf")?;
     check_environment()?;
     process::install_interrupt_handlers()?;
     let spec = CompareSpec {
@@ -246,7 +262,7 @@ fn compare(args: CompareArgs) -> Result<(), LabError> {
         duration: args.run.secs,
         method: args.path.impair,
         protocols: protocols(&args.run.protocols)?,
-        perf_bin: sibling(args.run.perf_bin, "rudp-perf"),
+        perf_bin,
         delayer_program: self_exe()?,
         probes: args.run.probes,
     };
@@ -267,6 +283,13 @@ fn compare(args: CompareArgs) -> Result<(), LabError> {
 }
 
 fn run_grid(args: GridArgs) -> Result<(), LabError> {
+    let perf_bin = sibling(args.run.perf_bin, "--perf-bin", "rudp-perf")?;
+    std::fs::create_dir_all(&args.out).map_err(|e| {
+        LabError::Setup(format!(
+            "cannot create --out {}: {e}; give a writable directory",
+            args.out.display()
+        ))
+    })?;
     check_environment()?;
     process::install_interrupt_handlers()?;
     let spec = grid::GridSpec {
@@ -277,7 +300,7 @@ fn run_grid(args: GridArgs) -> Result<(), LabError> {
         method: args.impair,
         duration: args.run.secs,
         protocols: protocols(&args.run.protocols)?,
-        perf_bin: sibling(args.run.perf_bin, "rudp-perf"),
+        perf_bin,
         delayer_program: self_exe()?,
         probes: args.run.probes.min(200),
     };
@@ -289,6 +312,7 @@ fn run_grid(args: GridArgs) -> Result<(), LabError> {
 }
 
 fn run_swarm(args: SwarmArgs) -> Result<(), LabError> {
+    let demo_bin = sibling(args.demo_bin, "--demo-bin", "demo")?;
     check_environment()?;
     process::install_interrupt_handlers()?;
     let spec = swarm::SwarmSpec {
@@ -301,9 +325,10 @@ fn run_swarm(args: SwarmArgs) -> Result<(), LabError> {
             loss: LossModel::Uniform(args.loss),
             seed: 1,
         },
-        demo_bin: sibling(args.demo_bin, "demo"),
+        demo_bin,
         delayer_program: self_exe()?,
         timeout: args.timeout,
+        peer_upload_share: Some(swarm::PEER_UPLOAD_SHARE),
     };
     let report = swarm::run_swarm(&spec)?;
     if args.json {

@@ -3,7 +3,7 @@
 //! back; `--tcp` runs the same transfer over TCP, `--raw-udp` blasts
 //! unreliable datagrams of the same size as the baseline.
 
-use chunkswarm::cli::parse_size;
+use chunkswarm::cli::{parse_seconds, parse_size};
 use chunkswarm::rudp::driver::perf::{
     self, Amount, ClientOptions, Mode, Server, ServerOptions, DEFAULT_PORT,
 };
@@ -55,22 +55,24 @@ struct ServerArgs {
 struct ClientArgs {
     /// The server, HOST:PORT (port 7000 if left out).
     server: String,
-    /// Send for this many seconds.
+    /// Send for this many seconds (or a duration with a unit, e.g. 500ms; at most a day).
     #[arg(
         long,
         short,
         value_name = "SECS",
-        default_value_t = 10.0,
+        default_value = "10",
+        value_parser = parse_seconds,
         conflicts_with = "bytes"
     )]
-    time: f64,
-    /// Send this many bytes instead (e.g. 100MB), rounded up to whole 100 KiB messages.
-    #[arg(long, short = 'n', value_name = "SIZE", value_parser = parse_size)]
+    time: Duration,
+    /// Send this many bytes instead of --time (e.g. 100MB), rounded up to whole 100 KiB messages.
+    #[arg(long, short = 'n', value_name = "SIZE", value_parser = parse_bytes)]
     bytes: Option<u64>,
     /// Run the same transfer over TCP instead of rudp.
     #[arg(long, conflicts_with = "raw_udp")]
     tcp: bool,
-    /// TCP congestion control for --tcp (TCP_CONGESTION, e.g. cubic, bbr).
+    /// TCP congestion control for --tcp (TCP_CONGESTION, e.g. cubic, bbr). Default: the
+    /// kernel's (sysctl net.ipv4.tcp_congestion_control).
     #[arg(long, value_name = "NAME", requires = "tcp")]
     tcp_cc: Option<String>,
     /// Blast datagrams of --mtu bytes without reliability or congestion
@@ -91,6 +93,14 @@ fn seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// `--bytes`: a size, not zero.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("send at least one byte".into()),
+        n => Ok(n),
+    }
 }
 
 fn resolve(server: &str) -> Result<SocketAddr, String> {
@@ -133,12 +143,6 @@ fn run_server(args: ServerArgs) -> Result<(), String> {
 
 fn run_client(args: ClientArgs) -> Result<(), String> {
     args.transport.impair.validate()?;
-    if !(args.time > 0.0 && args.time.is_finite()) {
-        return Err(format!(
-            "--time must be a positive number of seconds, not {}",
-            args.time
-        ));
-    }
     let server = resolve(&args.server)?;
     let mode = if args.tcp {
         Mode::Tcp
@@ -149,7 +153,7 @@ fn run_client(args: ClientArgs) -> Result<(), String> {
     };
     let amount = match args.bytes {
         Some(b) => Amount::Bytes(b),
-        None => Amount::Time(Duration::from_secs_f64(args.time)),
+        None => Amount::Time(args.time),
     };
     let opts = ClientOptions {
         server,
@@ -170,7 +174,8 @@ fn run_client(args: ClientArgs) -> Result<(), String> {
             Mode::Rudp => opts.config.cc.name(),
         }
     );
-    let report = perf::run_client(&opts, &mut |iv| println!("{iv}")).map_err(|e| e.to_string())?;
+    let report = perf::run_client(&opts, &mut |iv| println!("{iv}"))
+        .map_err(|e| format!("{e}; is `rudp-perf server` (still) running at {server}?"))?;
     println!("{report}");
     if args.json {
         println!("{}", report.to_json());

@@ -27,9 +27,9 @@ struct Args {
     /// this often, and drops a peer it has not heard from for 2.5 intervals.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     heartbeat_ms: u64,
-    /// Most peer sessions at once.
-    #[arg(long, default_value_t = 100_000)]
-    max_sessions: usize,
+    /// Most peer sessions at once; a peer beyond it is told so and turned away.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_sessions: u64,
     #[command(flatten)]
     verbosity: chunkswarm::cli::Verbosity,
 }
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     let addr = SocketAddr::new(args.bind, args.port);
     let config = ServerConfig {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
-        max_sessions: args.max_sessions,
+        max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
     };
     let mut server = match Server::bind(addr, config) {
         Ok(s) => s,

@@ -54,7 +54,17 @@ pub struct SwarmSpec {
     pub demo_bin: PathBuf,
     pub delayer_program: PathBuf,
     pub timeout: Duration,
+    /// Each peer's own `--max-upload`, as a share of `upload` (None: no cap
+    /// of its own, the host's TBF alone limits it). A user sets a torrent
+    /// client's cap a little below the link rate; 0.92 leaves room for
+    /// rudp's headers, its acknowledgements of the peer's downloads and the
+    /// control messages, so that the kernel's queue stays short and the
+    /// peer, not the queue, decides which chunk goes next.
+    pub peer_upload_share: Option<f64>,
 }
+
+/// The `peer_upload_share` netlab uses unless told otherwise.
+pub const PEER_UPLOAD_SHARE: f64 = 0.95;
 
 impl SwarmSpec {
     fn downloaders(&self) -> usize {
@@ -71,6 +81,13 @@ impl SwarmSpec {
 
     pub fn client_server(&self) -> Option<Duration> {
         client_server_time(self.downloaders(), self.file_size, self.upload)
+    }
+
+    /// The `--max-upload` each peer gets (see `peer_upload_share`).
+    pub fn peer_cap(&self) -> Option<Rate> {
+        let share = self.peer_upload_share.filter(|s| *s > 0.0 && *s <= 1.0)?;
+        let bits = (self.upload.bits_per_sec() as f64 * share) as u64;
+        Some(Rate::from_bits_per_sec(bits.max(8)))
     }
 }
 
@@ -101,6 +118,11 @@ impl SwarmReport {
             s.path.rtt.as_millis(),
             s.path.loss.mean_loss() * 100.0
         );
+        if let Some(cap) = s.peer_cap() {
+            out += &format!(
+                "each peer runs with --max-upload {cap} (its own cap, below the link's)\n"
+            );
+        }
         if let Some(m) = self.measured_path {
             out += &format!(
                 "measured between two peers: rtt {:.2} ms (median), loss {:.2}% each way\n",
@@ -133,6 +155,7 @@ impl SwarmReport {
             "peers": s.peers,
             "upload_mbit": s.upload.mbit(),
             "file_bytes": s.file_size,
+            "peer_max_upload_mbit": s.peer_cap().map(|r| r.mbit()),
             "rtt_ms": s.path.rtt.as_secs_f64() * 1e3,
             "loss": s.path.loss.mean_loss(),
             "p2p_bound_s": secs(s.p2p_bound()),
@@ -199,6 +222,10 @@ pub fn run_swarm(spec: &SwarmSpec) -> Result<SwarmReport, LabError> {
         "--peer-addr".into(),
         "10.77.{i}.1".into(),
     ];
+    let mut args = args.to_vec();
+    if let Some(cap) = spec.peer_cap() {
+        args.push(format!("--max-upload={}bit", cap.bits_per_sec()));
+    }
     let demo = spec.demo_bin.to_string_lossy().into_owned();
     let out = process::output(
         topo.router.exec(&demo, &args),

@@ -139,7 +139,7 @@ pub struct Node {
     handles: BTreeMap<ConnectionHandle, Handle>,
     events: VecDeque<NodeEvent>,
     counters: NodeCounters,
-    /// Rotates which swarm uploads first on a connection.
+    /// Rotates which connection is served first among equals.
     turn: usize,
     /// Hellos for files we have no swarm for yet (at most
     /// [`EARLY_HELLOS`]): a peer that just joined a group can hear from the
@@ -487,47 +487,75 @@ impl Node {
         false
     }
 
-    /// Hands chunks to every connection with room, within the upload cap;
-    /// true if it sent any.
+    /// How many bytes a connection may hold unacknowledged before it gets
+    /// another chunk: its congestion window plus one chunk (so rudp always
+    /// has the next chunk at hand), at least two chunks, at most
+    /// `send_backlog_limit`. A chunk handed over sits in rudp's queue ahead
+    /// of any later Have or Request on that connection, and can no longer
+    /// be replaced by a rarer one, so the queue beyond what the window
+    /// lets out is kept short.
+    fn backlog_limit(&self, ep: &Endpoint, h: ConnectionHandle) -> usize {
+        let chunk = CHUNK_SIZE as usize;
+        let window = ep.stats(h).map_or(0, |s| s.cwnd as usize);
+        window
+            .saturating_add(chunk)
+            .clamp(2 * chunk, self.config.send_backlog_limit.max(2 * chunk))
+    }
+
+    /// Hands chunks to connections with room, within the upload cap; true
+    /// if it sent any. Each time, the connection whose next chunk is most
+    /// urgent (`Swarm::upload_rank`: the owner's first copies, then the
+    /// rarest requested chunk) goes first, and connections take turns
+    /// among equals, so a capped upload is shared and spent where it
+    /// spreads the file the most.
     fn pump_uploads(&mut self, now: Instant, ep: &mut Endpoint) -> bool {
-        let mut sent = false;
-        let peers: Vec<(SocketAddr, ConnectionHandle)> = self
+        let mut peers: Vec<(SocketAddr, ConnectionHandle)> = self
             .primary
             .iter()
             .filter(|(_, h)| self.handles.get(h).is_some_and(|x| x.up))
             .map(|(&a, &h)| (a, h))
             .collect();
-        let n = self.swarms.len();
-        if n == 0 {
+        if self.swarms.is_empty() || peers.is_empty() {
             return false;
         }
-        for (peer, h) in peers {
-            let mut idle = 0;
-            while idle < n && ep.send_backlog(h) < self.config.send_backlog_limit {
-                if !self.upload_allowed(now) {
-                    return sent;
+        let turn = self.turn % peers.len();
+        peers.rotate_left(turn);
+        self.turn = self.turn.wrapping_add(1);
+        let mut sent = false;
+        loop {
+            if !self.upload_allowed(now) {
+                return sent;
+            }
+            // (rank, peer position, swarm) of the most urgent chunk.
+            let mut best: Option<(u32, usize, Digest32)> = None;
+            for (k, &(peer, h)) in peers.iter().enumerate() {
+                if ep.send_backlog(h) >= self.backlog_limit(ep, h) {
+                    continue;
                 }
-                self.turn = (self.turn + 1) % n;
-                let Some(s) = self.swarms.values_mut().nth(self.turn) else {
-                    break;
-                };
-                match s.poll_upload(peer) {
-                    Some(msg) => {
-                        idle = 0;
-                        sent = true;
-                        let bytes = msg.encode();
-                        if self.config.max_upload_rate.is_some() {
-                            self.upload_tokens -= bytes.len() as f64;
-                        }
-                        if ep.send(h, bytes, false).is_err() {
-                            self.counters.send_errors += 1;
+                for (file, s) in &self.swarms {
+                    if let Some(rank) = s.upload_rank(peer) {
+                        if best.is_none_or(|(r, _, _)| rank < r) {
+                            best = Some((rank, k, *file));
                         }
                     }
-                    None => idle += 1,
                 }
             }
+            let Some((_, k, file)) = best else {
+                return sent;
+            };
+            let (peer, h) = peers[k];
+            let Some(msg) = self.swarms.get_mut(&file).and_then(|s| s.poll_upload(peer)) else {
+                return sent;
+            };
+            sent = true;
+            let bytes = msg.encode();
+            if self.config.max_upload_rate.is_some() {
+                self.upload_tokens -= bytes.len() as f64;
+            }
+            if ep.send(h, bytes, false).is_err() {
+                self.counters.send_errors += 1;
+            }
         }
-        sent
     }
 }
 

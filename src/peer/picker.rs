@@ -41,6 +41,10 @@ pub enum PickMode {
     /// Any missing chunk nobody was asked for; the caller's exclusion rules out
     /// chunks some usable neighbour offers (owner fallback).
     Unavailable,
+    /// A helper of the lowest priority (the owner once its first copies are
+    /// out): chunks nobody was asked for first, then those in flight, rarest
+    /// first in each; no endgame limit (its requests are not counted).
+    Assist,
 }
 
 impl Picker {
@@ -155,13 +159,17 @@ impl Picker {
     }
 
     /// Up to `want` chunks to ask of a neighbour holding `offers`, best first.
-    /// `excluded(i)` rules chunk i out for this neighbour.
+    /// `excluded(i)` rules chunk i out for this neighbour; `late(i)` says
+    /// that the requests out for chunk i are overdue, so that it may be asked
+    /// of a second neighbour before the endgame (a request stuck behind a
+    /// busy neighbour's queue is not waited for while another is idle).
     pub fn pick(
         &self,
         offers: &ChunkBitmap,
         want: usize,
         mode: PickMode,
         excluded: impl Fn(ChunkIndex) -> bool,
+        late: impl Fn(ChunkIndex) -> bool,
         rng: &mut Rng,
     ) -> Vec<ChunkIndex> {
         if want == 0 || self.missing.is_empty() {
@@ -186,10 +194,11 @@ impl Picker {
                     }
                     avail
                 }
+                PickMode::Assist => ((flying.min(1) as u32) << 16) | avail,
                 PickMode::Neighbour { max_duplicates } => {
                     if flying == 0 {
                         avail
-                    } else if endgame && flying < max_duplicates {
+                    } else if flying < max_duplicates && (endgame || late(i)) {
                         // Least duplicated first, then rarest.
                         ((flying as u32) << 16) | avail
                     } else {
@@ -212,6 +221,17 @@ impl Picker {
 mod tests {
     use super::*;
 
+    /// A pick with nothing excluded and nothing overdue.
+    fn plain(
+        p: &Picker,
+        offers: &ChunkBitmap,
+        want: usize,
+        mode: PickMode,
+        rng: &mut Rng,
+    ) -> Vec<ChunkIndex> {
+        p.pick(offers, want, mode, |_| false, |_| false, rng)
+    }
+
     fn bitmap(len: u32, ones: &[u32]) -> ChunkBitmap {
         let mut b = ChunkBitmap::empty(len);
         for &i in ones {
@@ -228,19 +248,19 @@ mod tests {
         p.add_bitmap(&bitmap(6, &[0, 1]));
         let mut rng = Rng::new(1);
         let mode = PickMode::Neighbour { max_duplicates: 2 };
-        let got = p.pick(&ChunkBitmap::full(6), 2, mode, |_| false, &mut rng);
+        let got = plain(&p, &ChunkBitmap::full(6), 2, mode, &mut rng);
         let mut got_sorted = got.clone();
         got_sorted.sort();
         assert_eq!(got_sorted, vec![4, 5]);
         for i in got {
             p.requested(i);
         }
-        let got = p.pick(&ChunkBitmap::full(6), 2, mode, |_| false, &mut rng);
+        let got = plain(&p, &ChunkBitmap::full(6), 2, mode, &mut rng);
         let mut got_sorted = got.clone();
         got_sorted.sort();
         assert_eq!(got_sorted, vec![2, 3]);
         assert_eq!(
-            p.pick(&bitmap(6, &[4]), 2, mode, |_| false, &mut rng),
+            p.pick(&bitmap(6, &[4]), 2, mode, |_| false, |_| false, &mut rng),
             Vec::<ChunkIndex>::new()
         );
     }
@@ -256,20 +276,17 @@ mod tests {
         assert_eq!(p.unrequested(), 1);
         // Chunk 2 is unrequested: no duplicates yet.
         assert_eq!(
-            p.pick(&bitmap(3, &[1]), 4, mode, |_| false, &mut rng),
+            p.pick(&bitmap(3, &[1]), 4, mode, |_| false, |_| false, &mut rng),
             Vec::<ChunkIndex>::new()
         );
         p.requested(2);
         assert_eq!(p.unrequested(), 0);
-        let mut dup = p.pick(&ChunkBitmap::full(3), 4, mode, |_| false, &mut rng);
+        let mut dup = plain(&p, &ChunkBitmap::full(3), 4, mode, &mut rng);
         dup.sort();
         assert_eq!(dup, vec![1, 2]);
         p.requested(1);
         // Now 1 has two requests out: at the limit.
-        assert_eq!(
-            p.pick(&ChunkBitmap::full(3), 4, mode, |_| false, &mut rng),
-            vec![2]
-        );
+        assert_eq!(plain(&p, &ChunkBitmap::full(3), 4, mode, &mut rng), vec![2]);
         p.received(1);
         p.request_ended(1);
         p.request_ended(1);
@@ -289,10 +306,58 @@ mod tests {
             8,
             PickMode::Unavailable,
             |i| i == 3 || p.availability(i) > 0,
+            |_| false,
             &mut rng,
         );
         got.sort();
         assert_eq!(got, vec![2]);
+    }
+
+    #[test]
+    fn late_requests_may_be_doubled_before_the_endgame() {
+        let mut p = Picker::new(&ChunkBitmap::empty(3));
+        p.add_bitmap(&ChunkBitmap::full(3));
+        p.add_bitmap(&ChunkBitmap::full(3));
+        let mut rng = Rng::new(4);
+        let mode = PickMode::Neighbour { max_duplicates: 2 };
+        p.requested(0);
+        p.requested(1);
+        // Chunk 2 is unrequested, so no endgame: only an overdue chunk may be
+        // asked a second time, and after every unrequested one.
+        let got = p.pick(
+            &bitmap(3, &[0, 1]),
+            4,
+            mode,
+            |_| false,
+            |i| i == 1,
+            &mut rng,
+        );
+        assert_eq!(got, vec![1]);
+        let got = p.pick(
+            &ChunkBitmap::full(3),
+            4,
+            mode,
+            |_| false,
+            |i| i == 1,
+            &mut rng,
+        );
+        assert_eq!(got, vec![2, 1]);
+    }
+
+    #[test]
+    fn assist_prefers_unrequested_then_rarest() {
+        let mut p = Picker::new(&ChunkBitmap::empty(4));
+        p.add_bitmap(&bitmap(4, &[0, 1, 2]));
+        p.add_bitmap(&bitmap(4, &[0, 1]));
+        p.requested(3);
+        let mut rng = Rng::new(5);
+        let got = plain(&p, &ChunkBitmap::full(4), 4, PickMode::Assist, &mut rng);
+        // 2 (one holder), 0 and 1 (two each), then 3, which is in flight.
+        assert_eq!(got[0], 2);
+        let mut mid = got[1..3].to_vec();
+        mid.sort();
+        assert_eq!(mid, vec![0, 1]);
+        assert_eq!(got[3], 3);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::progress::{self, Bars, Download, Summary};
 use super::storage::StorageError;
 use super::swarm::{DiskRole, Swarm, SwarmConfig};
 use super::tracker_client::{TrackerClient, TrackerClientError, TrackerEvent};
-use crate::manifest::{hex, Digest32, Manifest};
+use crate::manifest::{hex, Digest32, Manifest, MAX_FILE_SIZE};
 use crate::rudp::driver::Driver;
 use crate::rudp::{Config as RudpConfig, Endpoint};
 use crate::wire::tracker::{GroupView, PeerId, PeerInfo, RefusalCode, RequestId};
@@ -41,6 +41,9 @@ pub const TRACKER: Token = Token(0);
 pub const WAKER: Token = Token(1);
 /// The rudp socket.
 pub const UDP: Token = Token(2);
+
+/// Files at least this large get a line saying they are being hashed.
+const LONG_HASH: u64 = 64 << 20;
 
 /// How often a peer that lost its tracker tries to reach it again (and
 /// retries joining groups whose owner has not shared the file again yet).
@@ -135,6 +138,11 @@ pub enum PeerError {
         tracker: String,
         error: TrackerClientError,
     },
+    /// The tracker turned this peer away (e.g. it is full).
+    Refused {
+        tracker: String,
+        message: String,
+    },
     /// The first session ended before the tracker's welcome.
     NeverWelcomed {
         tracker: String,
@@ -146,6 +154,12 @@ pub enum PeerError {
 impl fmt::Display for PeerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PeerError::Refused { tracker, message } => {
+                write!(
+                    f,
+                    "the tracker at {tracker} turned this peer away: {message}"
+                )
+            }
             PeerError::NeverWelcomed { tracker, why } => write!(
                 f,
                 "{why} before welcoming this peer; is a chunkswarm tracker listening at {tracker}?"
@@ -194,6 +208,10 @@ pub struct PeerLoop {
     tracker_lost: bool,
     /// Groups to join again once their owner shares the file again.
     rejoin: BTreeSet<String>,
+    /// Files whose upload has started (a second `upload` would resend them).
+    uploading: BTreeSet<String>,
+    /// Why the tracker turned this peer away before welcoming it.
+    refusal: Option<String>,
     next_rejoin: Instant,
     client: TrackerClient,
     driver: Driver,
@@ -254,6 +272,8 @@ impl PeerLoop {
             tracker_retry: None,
             tracker_lost: false,
             rejoin: BTreeSet::new(),
+            uploading: BTreeSet::new(),
+            refusal: None,
             next_rejoin: Instant::now(),
             client,
             driver,
@@ -497,6 +517,12 @@ impl PeerLoop {
         let Err(err) = result else {
             return Ok(());
         };
+        if let (None, Some(message)) = (self.me, self.refusal.take()) {
+            return Err(PeerError::Refused {
+                tracker: self.config.tracker_name.clone(),
+                message,
+            });
+        }
         if self.me.is_none() {
             return Err(PeerError::NeverWelcomed {
                 tracker: self.config.tracker_name.clone(),
@@ -697,6 +723,12 @@ impl PeerLoop {
                     self.out = ConsoleOutput::Terminal(p);
                 }
                 LoopInput::Hashed { name, result } => self.hashed(name, result),
+                // Do not make the user wait for a long hash to finish.
+                LoopInput::Command(Command::Quit) if self.hashing.is_some() => {
+                    let name = self.hashing.take().unwrap_or_default();
+                    self.say(format!("register-peer {name}: cancelled"));
+                    self.handle_command(Command::Quit);
+                }
                 other => self.queued.push_back(other),
             }
         }
@@ -799,6 +831,19 @@ impl PeerLoop {
                     "register-peer {name}: {shown} is not a regular file; share a plain file (not a directory or link)"
                 ))
             }
+            Ok(m) if m.len() > MAX_FILE_SIZE => {
+                return self.error(format_args!(
+                    "register-peer {name}: {shown} holds {} bytes, more than the {MAX_FILE_SIZE} a shared file may; split it first",
+                    m.len()
+                ))
+            }
+            Ok(m) if m.len() >= LONG_HASH => {
+                // No file name in this line: scripts wait for the name.
+                self.say(format!(
+                    "register-peer: hashing {:.1} MB first (quit cancels it)",
+                    m.len() as f64 / 1e6
+                ));
+            }
             Ok(_) => {}
         }
         // Hash on a thread of its own: a large file takes seconds, and the
@@ -852,6 +897,11 @@ impl PeerLoop {
                 "register-group {name}: you are already in its group; see status"
             ));
         }
+        if self.rejoin.contains(&name) {
+            return self.error(format_args!(
+                "register-group {name}: already downloading it; this peer rejoins its group by itself once the owner shares it again"
+            ));
+        }
         let path = self.config.dir.join(&name);
         if fs::symlink_metadata(&path).is_ok() {
             return self.error(format_args!(
@@ -886,6 +936,12 @@ impl PeerLoop {
                 "upload {name}: you do not share {name}; register it first with register-peer {name}"
             ));
         }
+        if self.uploading.contains(&name) {
+            // A second push would send every chunk again.
+            return self.say(format!(
+                "upload {name}: already started; members that join later get every chunk too (see status)"
+            ));
+        }
         let req = self.client.get_group(&name);
         self.pending.insert(req, Pending::Upload(name));
     }
@@ -910,6 +966,7 @@ impl PeerLoop {
         self.group_to_node(now, &group, true);
         match self.node.start_upload(now, &mut self.endpoint, &file) {
             Ok(()) => {
+                self.uploading.insert(name.clone());
                 let members: Vec<String> = group.members.iter().map(|m| m.to_string()).collect();
                 self.say(format!(
                     "upload {name}: sending {} chunks to {}: {}",
@@ -1037,8 +1094,13 @@ impl PeerLoop {
             Some(p) => p.to_string(),
             None => "not yet welcomed".into(),
         };
+        let lost = if self.tracker_retry.is_some() {
+            " (connection lost, retrying)"
+        } else {
+            ""
+        };
         let mut lines = vec![format!(
-            "status: {me}; tracker {}; dir {}",
+            "status: {me}; tracker {}{lost}; dir {}",
             self.config.tracker_name,
             self.config.dir.display()
         )];
@@ -1119,6 +1181,7 @@ impl PeerLoop {
                     self.config.tracker_name,
                     self.config.dir.display()
                 ));
+                self.check_reachable(udp);
             }
             TrackerEvent::Registered { req, name } => match self.pending.remove(&req) {
                 Some(Pending::RegisterPeer(m)) => {
@@ -1169,6 +1232,14 @@ impl PeerLoop {
                     members,
                 };
                 match req.and_then(|r| self.pending.remove(&r)) {
+                    Some(Pending::Rejoin(name))
+                        if self.node.swarm(&view.manifest.file_hash).is_none() =>
+                    {
+                        self.error(format_args!(
+                            "register-group {name}: the file now shared under that name is another file; \
+                             the download goes on with the peers already known"
+                        ));
+                    }
                     Some(Pending::Rejoin(name)) => {
                         self.say(format!(
                             "rejoined the group of {name}: owner {}, {}",
@@ -1220,8 +1291,18 @@ impl PeerLoop {
                 if let Some(g) = self.joined.remove(&name) {
                     // The members still have each other: keep swapping chunks.
                     self.group_to_node(Instant::now(), &g, false);
+                    let file = g.manifest.file_hash;
+                    let incomplete = self.downloads.get(&file).is_some_and(|d| !d.done);
+                    let hint = if incomplete {
+                        // Chunks no member holds can only come from the owner:
+                        // join again as soon as it shares the file again.
+                        self.rejoin.insert(name.clone());
+                        "; a chunk none of them holds waits until the owner shares the file again (this peer then rejoins by itself)"
+                    } else {
+                        ""
+                    };
                     self.say(format!(
-                        "group {name}: closed, its owner {} went offline; carrying on with the other members",
+                        "group {name}: closed, its owner {} went offline; carrying on with the other members{hint}",
                         g.owner.id
                     ));
                 }
@@ -1232,6 +1313,21 @@ impl PeerLoop {
             }
         }
         self.stop_if_idle();
+    }
+
+    /// Warns when the rudp socket listens on one IP while the tracker tells
+    /// the other peers to use another (e.g. `--bind 127.0.0.1` with a
+    /// tracker on the LAN): nothing would ever reach this peer.
+    fn check_reachable(&mut self, advertised: SocketAddr) {
+        let local = self.driver.local_addr().ip();
+        if local.is_unspecified() || local == advertised.ip() || self.config.advertise.is_some() {
+            return;
+        }
+        let seen = advertised.ip();
+        self.say(format!(
+            "warning: rudp listens on {local} only, but the tracker tells the other peers to reach you at {seen}; \
+             their chunks cannot arrive: restart with --bind 0.0.0.0 (or --bind {seen}), or with --advertise {local} if they can reach that"
+        ));
     }
 
     /// Records a group's new view; with `announce`, prints who joined and left.
@@ -1270,6 +1366,14 @@ impl PeerLoop {
 
     fn refused(&mut self, pending: Option<Pending>, code: RefusalCode, message: &str) {
         let (what, hint) = match (&pending, code) {
+            (None, _) if self.me.is_none() => {
+                // Reported as the reason the peer stops (see on_tracker_io).
+                self.refusal = Some(message.to_string());
+                return;
+            }
+            (None, _) if self.tracker_lost => {
+                return debug!("the tracker refused a new session: {message}");
+            }
             (None, _) => {
                 return self.error(format_args!("the tracker refused this session: {message}"))
             }

@@ -15,7 +15,7 @@ use super::bitmap::ChunkBitmap;
 use super::overlay;
 use super::picker::{PickMode, Picker};
 use super::storage::{ChunkStore, DiskStore, StorageError};
-use crate::manifest::{ChunkIndex, Digest32, Manifest};
+use crate::manifest::{ChunkIndex, Digest32, Manifest, CHUNK_SIZE};
 use crate::rng::Rng;
 use crate::wire::swarm::{Body, Message, RejectReason};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -26,18 +26,41 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
-    /// Requests out to one neighbour at a time: enough chunks to fill the path
-    /// (8 x 100 KiB = 800 KiB covers 100 Mbit/s x 64 ms).
+    /// Requests out to one neighbour at a time, at most: enough chunks to
+    /// fill the path (8 x 100 KiB = 800 KiB covers 100 Mbit/s x 64 ms). The
+    /// depth used is what the measured latency x rate of the neighbour needs
+    /// plus one, between the min and this max: a slow (capped) neighbour gets
+    /// few, so requests do not wait in its queue while another is idle.
     pub max_requests_per_neighbour: usize,
-    /// Requests out to the owner at a time (fallback only).
+    /// Requests out to one neighbour at a time, at least.
+    pub min_requests_per_neighbour: usize,
+    /// Requests out to the owner at a time. The owner serves requests only
+    /// once the first copy of every chunk is out, so these wait there at the
+    /// lowest priority; they do not count as in flight for the picker (the
+    /// chunk is still asked of neighbours), and the first copy to arrive
+    /// cancels the rest.
     pub max_owner_requests: usize,
-    /// Endgame: most requests out for one chunk.
+    /// Most requests out for one chunk: in the endgame, or before it when
+    /// the first request is overdue (older than `late_factor` x the usual
+    /// time a neighbour takes to answer).
     pub max_duplicates: u8,
+    /// A request older than this many times the smoothed request latency
+    /// may be doubled at another neighbour.
+    pub late_factor: f64,
     /// A request unanswered this long is cancelled and asked elsewhere.
     pub request_timeout: Duration,
-    /// Ask the owner for chunks no neighbour offers once no neighbour has
-    /// brought anything new for this long.
+    /// Ask the owner for a chunk no neighbour has offered for this long (per
+    /// chunk, counted from when we first saw it missing and unoffered).
     pub owner_fallback_after: Duration,
+    /// Also ask the owner, as a neighbour of the lowest priority, for rare
+    /// chunks (see `assist_max_availability`) once the download has gone on
+    /// for `owner_fallback_after`, so that its upload keeps working after
+    /// the first copies are out (the last chunks pushed spread from it too).
+    pub owner_assists: bool,
+    /// The owner assists only with chunks at most this many neighbours
+    /// offer (rare ones: the last chunks pushed, or those our part of the
+    /// overlay lacks); common ones come from neighbours.
+    pub assist_max_availability: u16,
     /// Wait between connection attempts to a wanted neighbour.
     pub reconnect_after: Duration,
     /// A member whose connection died is left out of the overlay this long
@@ -55,10 +78,14 @@ impl Default for SwarmConfig {
     fn default() -> Self {
         SwarmConfig {
             max_requests_per_neighbour: 8,
-            max_owner_requests: 8,
+            min_requests_per_neighbour: 2,
+            max_owner_requests: 2,
             max_duplicates: 2,
+            late_factor: 2.0,
             request_timeout: Duration::from_secs(30),
-            owner_fallback_after: Duration::from_secs(2),
+            owner_fallback_after: Duration::from_millis(500),
+            owner_assists: true,
+            assist_max_availability: 2,
             reconnect_after: Duration::from_secs(2),
             suspect_for: Duration::from_secs(30),
             max_bad_chunks: 3,
@@ -96,6 +123,35 @@ pub enum Action {
     Complete { path: PathBuf },
     /// Storage failed; the swarm stops downloading.
     StorageFailed(String),
+}
+
+/// True when some usable neighbour (not the owner, not banned, and not one
+/// that served `i` corrupted) offers chunk `i`.
+fn offered_by_neighbour(
+    neighbours: &BTreeMap<SocketAddr, Neighbour>,
+    owner: Option<SocketAddr>,
+    bad: &BTreeSet<(SocketAddr, ChunkIndex)>,
+    i: ChunkIndex,
+) -> bool {
+    neighbours
+        .iter()
+        .any(|(&a, m)| Some(a) != owner && !m.banned && m.has(i) && !bad.contains(&(a, i)))
+}
+
+/// The position and availability of the queued request whose chunk the
+/// fewest neighbours hold (the earliest among equals).
+fn rarest_queued(queue: &VecDeque<ChunkIndex>, picker: &Picker) -> Option<(usize, u16)> {
+    queue
+        .iter()
+        .enumerate()
+        .map(|(at, &i)| (at, picker.availability(i)))
+        .min_by_key(|&(at, a)| (a, at))
+}
+
+/// Removes our request for `index` from `n`'s list, if there is one.
+fn take_request(n: &mut Neighbour, index: ChunkIndex) -> Option<Asked> {
+    let at = n.requests.iter().position(|r| r.index == index)?;
+    Some(n.requests.swap_remove(at))
 }
 
 /// Whose file a disk-backed swarm is over (see [`Swarm::on_disk`]).
@@ -149,7 +205,11 @@ pub struct SwarmStats {
     /// Messages that made no sense (bad index, wrong chunk count, ...).
     pub protocol_errors: u64,
     pub requests_timed_out: u64,
+    /// Requests to the owner for chunks no neighbour offered (fallback).
     pub owner_requests: u64,
+    /// Requests to the owner as a helper (assist: rare chunks, once the
+    /// download has gone on for `owner_fallback_after`).
+    pub owner_assist_requests: u64,
     /// Owner: chunks pushed by `start_upload` (each to one member).
     pub pushed_chunks: u64,
 }
@@ -159,13 +219,53 @@ struct Neighbour {
     /// Its chunks, from its Hello and Haves; None until its Hello.
     bitmap: Option<ChunkBitmap>,
     hello_sent: bool,
-    /// Our requests out to it, with their deadlines.
-    requests: Vec<(ChunkIndex, Instant)>,
+    /// Our requests out to it.
+    requests: Vec<Asked>,
     /// Its requests to us, in arrival order.
     serve_queue: VecDeque<ChunkIndex>,
     /// Chunks we sent it (the owner skips pushing those).
     served: ChunkBitmap,
     banned: bool,
+    /// How fast it answers us, for the depth of our request pipeline.
+    service: ServiceEstimate,
+}
+
+/// How a neighbour answers our requests: the shortest time from a request to
+/// its chunk (a round trip plus one chunk's transmission when it is idle) and
+/// the rate at which its chunks arrive while we keep it busy (our share of
+/// its upload). Their product is the chunk bytes that fill the path to it.
+#[derive(Debug, Clone, Copy, Default)]
+struct ServiceEstimate {
+    min_latency: Option<Duration>,
+    /// Bytes per second, smoothed.
+    rate: Option<f64>,
+    last_arrival: Option<Instant>,
+}
+
+impl ServiceEstimate {
+    /// A chunk of `len` bytes asked at `sent` arrived at `now`; `queued`:
+    /// other requests of ours were out to it as well (it was busy with us,
+    /// so the gap since the previous chunk measures its rate for us).
+    fn on_chunk(&mut self, now: Instant, sent: Instant, len: usize, queued: bool) {
+        let took = now.saturating_duration_since(sent);
+        self.min_latency = Some(self.min_latency.map_or(took, |m| m.min(took)));
+        if let Some(last) = self.last_arrival.filter(|_| queued) {
+            let gap = now.saturating_duration_since(last).as_secs_f64().max(1e-6);
+            let sample = len as f64 / gap;
+            self.rate = Some(self.rate.map_or(sample, |r| 0.75 * r + 0.25 * sample));
+        }
+        self.last_arrival = Some(now);
+    }
+
+    /// Requests to keep out: enough to cover one latency at the rate, plus
+    /// the one being served; `floor..=cap`.
+    fn depth(&self, chunk: usize, floor: usize, cap: usize) -> usize {
+        let (Some(lat), Some(rate)) = (self.min_latency, self.rate) else {
+            return floor.min(cap);
+        };
+        let fill = (rate * lat.as_secs_f64() / chunk.max(1) as f64).ceil() as usize;
+        (fill + 1).clamp(floor.min(cap), cap)
+    }
 }
 
 impl Neighbour {
@@ -174,8 +274,18 @@ impl Neighbour {
     }
 
     fn asked(&self, index: ChunkIndex) -> bool {
-        self.requests.iter().any(|&(i, _)| i == index)
+        self.requests.iter().any(|r| r.index == index)
     }
+}
+
+/// One request of ours out to a neighbour.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    index: ChunkIndex,
+    sent: Instant,
+    deadline: Instant,
+    /// Counted in `picker.in_flight` (requests to the owner are not).
+    counted: bool,
 }
 
 pub struct Swarm {
@@ -207,8 +317,13 @@ pub struct Swarm {
     upload_started: bool,
     /// Every pushed chunk was handed to the transport (UploadDone emitted).
     upload_done: bool,
-    /// Last time a neighbour (not the owner) brought something new.
-    last_progress: Instant,
+    /// Per chunk: since when no usable neighbour has offered it (as of the
+    /// last look), for the owner fallback.
+    unoffered_since: Vec<Option<Instant>>,
+    /// When we first could ask the owner for anything.
+    asking_since: Option<Instant>,
+    /// Smoothed time from a request (counted) to its chunk.
+    request_latency: Option<Duration>,
     fallback_at: Option<Instant>,
     complete: bool,
     failed: bool,
@@ -232,7 +347,7 @@ impl Swarm {
     /// it), over `store`, which already holds the chunks in `have` (all of
     /// them for the owner; those resumed from disk for a member).
     pub fn new(
-        now: Instant,
+        _now: Instant,
         manifest: Manifest,
         local: SocketAddr,
         store: Box<dyn ChunkStore + Send>,
@@ -265,7 +380,9 @@ impl Swarm {
             push_queues: BTreeMap::new(),
             upload_started: false,
             upload_done: false,
-            last_progress: now,
+            unoffered_since: Vec::new(),
+            asking_since: None,
+            request_latency: None,
             fallback_at: None,
             complete: false,
             failed: false,
@@ -363,7 +480,7 @@ impl Swarm {
         let requests = self
             .neighbours
             .values()
-            .flat_map(|n| n.requests.iter().map(|&(_, t)| t));
+            .flat_map(|n| n.requests.iter().map(|r| r.deadline));
         let reconnects = self
             .connecting
             .values()
@@ -466,6 +583,7 @@ impl Swarm {
                 serve_queue: VecDeque::new(),
                 served: ChunkBitmap::empty(self.manifest.chunk_count()),
                 banned: self.is_banned(peer),
+                service: ServiceEstimate::default(),
             },
         );
         if Some(peer) == self.owner || self.members.contains(&peer) {
@@ -546,19 +664,19 @@ impl Swarm {
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut expired = Vec::new();
         for (&a, n) in self.neighbours.iter_mut() {
-            n.requests.retain(|&(i, t)| {
-                if t <= now {
-                    expired.push((a, i));
+            n.requests.retain(|&r| {
+                if r.deadline <= now {
+                    expired.push((a, r));
                     false
                 } else {
                     true
                 }
             });
         }
-        for (a, i) in expired {
-            self.picker.request_ended(i);
+        for (a, r) in expired {
+            self.request_ended(r);
             self.stats.requests_timed_out += 1;
-            self.send(a, Body::Cancel { index: i });
+            self.send(a, Body::Cancel { index: r.index });
         }
         let before = self.suspects.len();
         self.suspects.retain(|_, &mut until| until > now);
@@ -569,12 +687,22 @@ impl Swarm {
         self.fill_requests(now);
     }
 
-    /// The next chunk to send to `peer`, if any: its requests first, then
-    /// (owner) the chunks assigned to it. The driver calls this whenever the
-    /// connection to `peer` has room, and sends the message unordered.
+    /// The next chunk to send to `peer`, if any: (owner) the chunks assigned
+    /// to it while any first copy is still to go, then its requests, the
+    /// chunk fewest of our neighbours hold first (it spreads the most). The
+    /// driver calls this whenever the connection to `peer` has room, and
+    /// sends the message unordered.
     pub fn poll_upload(&mut self, peer: SocketAddr) -> Option<Message> {
+        // The owner serves nothing before its `upload`, and its first copies
+        // go before any request: every chunk must leave it once, and its
+        // upload is the scarcest early on.
+        let pushing = self.owner_holds_requests();
         let n = self.neighbours.get_mut(&peer)?;
-        let index = match n.serve_queue.pop_front() {
+        let queued = match rarest_queued(&n.serve_queue, &self.picker) {
+            Some((at, _)) if !pushing => n.serve_queue.remove(at),
+            _ => None,
+        };
+        let index = match queued {
             Some(i) => i,
             None => {
                 let q = self.push_queues.get_mut(&peer)?;
@@ -613,15 +741,33 @@ impl Swarm {
         Some(Message::new(self.file, Body::Chunk { index, data }))
     }
 
+    /// How urgent the next chunk `poll_upload(peer)` would give is, lower
+    /// first (None: nothing to send): 0 for the owner's first copies, else
+    /// one more than the number of our neighbours holding the rarest chunk
+    /// `peer` asked for. A driver whose upload is capped serves the
+    /// connection with the lowest rank, so the rarest chunks spread first.
+    pub fn upload_rank(&self, peer: SocketAddr) -> Option<u32> {
+        let n = self.neighbours.get(&peer)?;
+        if self.owner_holds_requests() {
+            let q = self.push_queues.get(&peer)?;
+            return q
+                .iter()
+                .any(|&i| !n.has(i) && !n.served.get(i))
+                .then_some(0);
+        }
+        rarest_queued(&n.serve_queue, &self.picker).map(|(_, a)| 1 + a as u32)
+    }
+
+    /// Owner: requests wait until the upload started and every first copy
+    /// is out.
+    fn owner_holds_requests(&self) -> bool {
+        self.is_owner()
+            && (!self.upload_started || self.push_queues.values().any(|q| !q.is_empty()))
+    }
+
     /// True when `poll_upload(peer)` may yield a chunk.
     pub fn wants_to_upload(&self, peer: SocketAddr) -> bool {
-        self.neighbours.get(&peer).is_some_and(|n| {
-            !n.serve_queue.is_empty()
-                || self
-                    .push_queues
-                    .get(&peer)
-                    .is_some_and(|q| q.iter().any(|&i| !n.has(i) && !n.served.get(i)))
-        })
+        self.upload_rank(peer).is_some()
     }
 
     // ---- message handlers ----
@@ -643,9 +789,6 @@ impl Swarm {
                 self.picker.remove_bitmap(old);
             }
             self.picker.add_bitmap(&bitmap);
-            if bitmap.ones().any(|i| !self.have.get(i)) {
-                self.last_progress = now;
-            }
         }
         n.bitmap = Some(bitmap);
         let reply = !n.hello_sent;
@@ -664,9 +807,6 @@ impl Swarm {
         let bitmap = n.bitmap.get_or_insert_with(|| ChunkBitmap::empty(count));
         if bitmap.set(index) && counts && !n.banned {
             self.picker.add_have(index);
-            if !self.have.get(index) {
-                self.last_progress = now;
-            }
         }
         self.fill_requests(now);
     }
@@ -695,25 +835,35 @@ impl Swarm {
         let Some(n) = self.neighbours.get_mut(&from) else {
             return;
         };
-        if n.asked(index) {
-            n.requests.retain(|&(i, _)| i != index);
-            self.picker.request_ended(index);
-        }
+        let ended = take_request(n, index);
         if why == RejectReason::NotHave {
             let cleared = n.bitmap.as_mut().is_some_and(|b| b.clear(index));
             if cleared && counts && !n.banned {
                 self.picker.remove_have(index);
             }
         }
+        if let Some(r) = ended {
+            self.request_ended(r);
+        }
         self.fill_requests(now);
     }
 
     fn on_chunk(&mut self, now: Instant, from: SocketAddr, index: ChunkIndex, data: &[u8]) {
-        if let Some(n) = self.neighbours.get_mut(&from) {
-            if n.asked(index) {
-                n.requests.retain(|&(i, _)| i != index);
-                self.picker.request_ended(index);
+        let arrived = self.neighbours.get_mut(&from).and_then(|n| {
+            let queued = n.requests.len() > 1;
+            let r = take_request(n, index)?;
+            n.service.on_chunk(now, r.sent, data.len(), queued);
+            Some(r)
+        });
+        if let Some(r) = arrived {
+            if r.counted {
+                let took = now.saturating_duration_since(r.sent);
+                self.request_latency = Some(match self.request_latency {
+                    None => took,
+                    Some(l) => (l * 7 + took) / 8,
+                });
             }
+            self.request_ended(r);
         }
         if self.have.get(index) || self.failed {
             self.stats.duplicate_chunks += 1;
@@ -738,22 +888,22 @@ impl Swarm {
         }
         self.have.set(index);
         self.picker.received(index);
-        if Some(from) != self.owner {
-            self.last_progress = now;
-        }
         *self.stats.received_from.entry(from).or_default() += 1;
         self.actions
             .push_back(Action::ChunkReceived { index, from });
-        // Cancel the other requests for it (endgame) and announce it.
+        // Cancel the other requests for it (endgame) and announce it (to
+        // the owner too: it serves the rarest chunks first once its first
+        // copies are out).
         let mut cancels = Vec::new();
         let mut haves = Vec::new();
         for (&a, n) in self.neighbours.iter_mut() {
-            if n.asked(index) {
-                n.requests.retain(|&(i, _)| i != index);
-                self.picker.request_ended(index);
+            if let Some(r) = take_request(n, index) {
+                if r.counted {
+                    self.picker.request_ended(index);
+                }
                 cancels.push(a);
             }
-            if n.hello_sent && !n.has(index) && Some(a) != self.owner {
+            if n.hello_sent && (Some(a) == self.owner || !n.has(index)) {
                 haves.push(a);
             }
         }
@@ -778,6 +928,14 @@ impl Swarm {
     }
 
     // ---- internals ----
+
+    /// A request left its neighbour's list: the picker hears of it if it
+    /// counted.
+    fn request_ended(&mut self, r: Asked) {
+        if r.counted {
+            self.picker.request_ended(r.index);
+        }
+    }
 
     fn send(&mut self, to: SocketAddr, body: Body) {
         self.actions.push_back(Action::Send {
@@ -817,8 +975,10 @@ impl Swarm {
             return;
         }
         n.banned = true;
-        for (i, _) in n.requests.drain(..) {
-            self.picker.request_ended(i);
+        for r in n.requests.drain(..) {
+            if r.counted {
+                self.picker.request_ended(r.index);
+            }
         }
         if counts {
             if let Some(b) = &n.bitmap {
@@ -835,8 +995,8 @@ impl Swarm {
         let Some(n) = self.neighbours.remove(&peer) else {
             return;
         };
-        for (i, _) in n.requests {
-            self.picker.request_ended(i);
+        for r in n.requests {
+            self.request_ended(r);
         }
         if Some(peer) != self.owner && !n.banned {
             if let Some(b) = &n.bitmap {
@@ -919,8 +1079,8 @@ impl Swarm {
         }
     }
 
-    /// Fills every neighbour's request slots, rarest first; asks the owner
-    /// for chunks no usable neighbour offers once progress has stalled.
+    /// Fills every neighbour's request slots, rarest first, then the
+    /// owner's (`ask_owner`).
     fn fill_requests(&mut self, now: Instant) {
         if self.have.is_full() || self.failed {
             self.fallback_at = None;
@@ -929,38 +1089,142 @@ impl Swarm {
         let mode = PickMode::Neighbour {
             max_duplicates: self.config.max_duplicates,
         };
-        let candidates: Vec<SocketAddr> = self
+        let mut candidates: Vec<SocketAddr> = self
             .neighbours
             .iter()
             .filter(|(&a, n)| Some(a) != self.owner && !n.banned && n.bitmap.is_some())
             .map(|(&a, _)| a)
             .collect();
-        for a in candidates {
-            self.request_from(now, a, self.config.max_requests_per_neighbour, mode);
+        // Level by level, so that a chunk several neighbours offer goes to
+        // the one with the fewest requests out (join the shortest queue),
+        // starting at a random neighbour: no neighbour is favoured by its
+        // address, and a slow one does not collect every request.
+        if !candidates.is_empty() {
+            let r = self.rng.below(candidates.len() as u64) as usize;
+            candidates.rotate_left(r);
+        }
+        let chunk = CHUNK_SIZE as usize;
+        let (floor, cap) = (
+            self.config.min_requests_per_neighbour,
+            self.config.max_requests_per_neighbour,
+        );
+        // (outstanding, depth) of a candidate.
+        let slots = |s: &Swarm, a: &SocketAddr| {
+            s.neighbours.get(a).map_or((0, 0), |n| {
+                (n.requests.len(), n.service.depth(chunk, floor, cap))
+            })
+        };
+        let lowest = candidates
+            .iter()
+            .map(|a| slots(self, a).0)
+            .min()
+            .unwrap_or(0);
+        for level in lowest + 1..=cap {
+            let mut asked = false;
+            let mut k = 0;
+            while k < candidates.len() {
+                let a = candidates[k];
+                let (before, depth) = slots(self, &a);
+                if before >= level.min(depth) {
+                    if before >= depth {
+                        candidates.remove(k);
+                    } else {
+                        k += 1;
+                    }
+                    continue;
+                }
+                if self.request_from(now, a, level, mode, |_| false) == 0 {
+                    // Nothing more to ask of it this time.
+                    candidates.remove(k);
+                    continue;
+                }
+                asked = true;
+                k += 1;
+            }
+            if !asked && candidates.is_empty() {
+                break;
+            }
         }
         self.fallback_at = None;
-        if let Some(owner) = self.owner.filter(|&o| o != self.local) {
-            let due = self.last_progress + self.config.owner_fallback_after;
-            if now < due {
-                self.fallback_at = Some(due);
-            } else {
-                let cap = self.config.max_owner_requests;
-                let asked = self.request_from(now, owner, cap, PickMode::Unavailable);
-                self.stats.owner_requests += asked as u64;
+        self.ask_owner(now);
+    }
+
+    /// Asks the owner, up to `max_owner_requests` out: first for chunks no
+    /// usable neighbour has offered for `owner_fallback_after` (fallback),
+    /// then (`owner_assists`, once this download has gone on that long) for
+    /// missing chunks at most `assist_max_availability` neighbours offer,
+    /// those nobody was asked for first, rarest first (assist). The owner serves these only once
+    /// its first copies are out; they are not counted as in flight, so the
+    /// picker still asks neighbours for the same chunks, and the first copy
+    /// to arrive cancels the others.
+    fn ask_owner(&mut self, now: Instant) {
+        let Some(owner) = self.owner.filter(|&o| o != self.local) else {
+            return;
+        };
+        let cap = self.config.max_owner_requests;
+        let free = match self.neighbours.get(&owner) {
+            Some(n) if !n.banned && n.bitmap.is_some() => cap.saturating_sub(n.requests.len()),
+            _ => 0,
+        };
+        if free == 0 {
+            return;
+        }
+        // Which missing chunks nobody offers, and since when.
+        let count = self.manifest.chunk_count() as usize;
+        if self.unoffered_since.len() != count {
+            self.unoffered_since = vec![None; count];
+        }
+        let after = self.config.owner_fallback_after;
+        let mut eligible = ChunkBitmap::empty(count as u32);
+        let mut next_due: Option<Instant> = None;
+        for i in self.have.zeros() {
+            let offered = self.picker.availability(i) > 0 && self.usable_elsewhere(i);
+            let since = &mut self.unoffered_since[i as usize];
+            if offered {
+                *since = None;
+                continue;
             }
+            let due = *since.get_or_insert(now) + after;
+            if due <= now {
+                eligible.set(i);
+            } else {
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
+            }
+        }
+        let asked = self.request_from(now, owner, cap, PickMode::Unavailable, |i| !eligible.get(i));
+        self.stats.owner_requests += asked as u64;
+        // Assists once this download has gone on for `owner_fallback_after`:
+        // where the whole download takes less, the owner's help would only
+        // duplicate what neighbours bring.
+        let assist_due = *self.asking_since.get_or_insert(now) + after;
+        if self.config.owner_assists && asked < free {
+            if assist_due <= now {
+                let assisted = self.request_from(now, owner, cap, PickMode::Assist, |_| false);
+                self.stats.owner_assist_requests += assisted as u64;
+            } else {
+                next_due = Some(next_due.map_or(assist_due, |d| d.min(assist_due)));
+            }
+        }
+        if asked < free {
+            self.fallback_at = next_due;
         }
     }
 
-    /// Asks `peer` for chunks chosen by `mode`, up to `cap` requests out;
-    /// returns how many it asked for. In `Unavailable` mode only chunks that
-    /// no usable neighbour (not the owner, not banned, not bad for that
-    /// chunk) offers.
+    fn usable_elsewhere(&self, i: ChunkIndex) -> bool {
+        offered_by_neighbour(&self.neighbours, self.owner, &self.bad_pairs, i)
+    }
+
+    /// Asks `peer` for chunks chosen by `mode` and not `skip`ped, up to
+    /// `cap` requests out; returns how many it asked for. In `Unavailable`
+    /// mode only chunks that no usable neighbour (not the owner, not banned,
+    /// not bad for that chunk) offers.
     fn request_from(
         &mut self,
         now: Instant,
         peer: SocketAddr,
         cap: usize,
         mode: PickMode,
+        skip: impl Fn(ChunkIndex) -> bool,
     ) -> usize {
         let Some(n) = self.neighbours.get(&peer) else {
             return 0;
@@ -970,24 +1234,48 @@ impl Swarm {
             return 0;
         };
         let (neighbours, bad, owner) = (&self.neighbours, &self.bad_pairs, self.owner);
-        let usable_elsewhere = |i: ChunkIndex| {
-            neighbours
-                .iter()
-                .any(|(&a, m)| Some(a) != owner && !m.banned && m.has(i) && !bad.contains(&(a, i)))
-        };
         let excluded = |i: ChunkIndex| {
             n.asked(i)
                 || bad.contains(&(peer, i))
-                || (mode == PickMode::Unavailable && usable_elsewhere(i))
+                || skip(i)
+                || match mode {
+                    PickMode::Unavailable => offered_by_neighbour(neighbours, owner, bad, i),
+                    PickMode::Assist => {
+                        self.picker.availability(i) > self.config.assist_max_availability
+                    }
+                    PickMode::Neighbour { .. } => false,
+                }
         };
+        // Chunks whose every request out is overdue.
+        let late_after = self
+            .request_latency
+            .map(|l| l.mul_f64(self.config.late_factor));
+        let mut overdue: BTreeMap<ChunkIndex, bool> = BTreeMap::new();
+        if let (Some(after), PickMode::Neighbour { .. }) = (late_after, mode) {
+            for r in neighbours.values().flat_map(|m| &m.requests) {
+                if r.counted {
+                    let late = now.saturating_duration_since(r.sent) >= after;
+                    *overdue.entry(r.index).or_insert(true) &= late;
+                }
+            }
+        }
+        let late = |i: ChunkIndex| overdue.get(&i).copied().unwrap_or(false);
         let picks = self
             .picker
-            .pick(offers, free, mode, excluded, &mut self.rng);
+            .pick(offers, free, mode, excluded, late, &mut self.rng);
         let deadline = now + self.config.request_timeout;
+        let counted = Some(peer) != self.owner;
         if let Some(n) = self.neighbours.get_mut(&peer) {
-            for &i in &picks {
-                self.picker.requested(i);
-                n.requests.push((i, deadline));
+            for &index in &picks {
+                if counted {
+                    self.picker.requested(index);
+                }
+                n.requests.push(Asked {
+                    index,
+                    sent: now,
+                    deadline,
+                    counted,
+                });
             }
         }
         for &index in &picks {
@@ -1010,6 +1298,13 @@ mod tests {
         let mut data = vec![0u8; 350_000];
         Rng::new(5).fill(&mut data);
         (Manifest::of_bytes("f.bin", &data), data)
+    }
+
+    /// An empty member at addr(2), in memory.
+    fn member(now: Instant, m: &Manifest, cfg: SwarmConfig) -> Swarm {
+        let empty = ChunkBitmap::empty(m.chunk_count());
+        let store = Box::new(MemoryStore::empty(m));
+        Swarm::new(now, m.clone(), addr(2), store, empty, cfg, 1)
     }
 
     fn drain(s: &mut Swarm) -> Vec<Action> {
@@ -1056,24 +1351,116 @@ mod tests {
         );
     }
 
+    fn requests_in(acts: &[Action]) -> Vec<(SocketAddr, ChunkIndex)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to,
+                    message:
+                        Message {
+                            body: Body::Request { index },
+                            ..
+                        },
+                    ..
+                } => Some((*to, *index)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_owner_serves_requests_only_after_its_first_copies() {
+        let now = Instant::now();
+        let (m, data) = file();
+        let full = ChunkBitmap::full(m.chunk_count());
+        let store = MemoryStore::with_file(&m, &data);
+        let cfg = SwarmConfig::default();
+        let mut o = Swarm::new(now, m.clone(), addr(1), Box::new(store), full, cfg, 1);
+        o.on_group(now, Some(addr(1)), &[addr(2), addr(3)]);
+        o.on_neighbour_up(now, addr(2));
+        o.on_neighbour_up(now, addr(3));
+        let ask = |o: &mut Swarm, index| {
+            o.on_message(
+                now,
+                addr(2),
+                Message::new(m.file_hash, Body::Request { index }),
+            );
+        };
+        // Before `upload`, a request waits.
+        ask(&mut o, 1);
+        assert_eq!(o.upload_rank(addr(2)), None);
+        assert!(o.poll_upload(addr(2)).is_none());
+        o.start_upload(now).unwrap();
+        let index = |msg: Option<Message>| match msg.map(|m| m.body) {
+            Some(Body::Chunk { index, .. }) => Some(index),
+            _ => None,
+        };
+        // Member 2's first copies (0 and 2) go first, then member 3's; the
+        // request for 1 only once every first copy is out.
+        assert_eq!(o.upload_rank(addr(2)), Some(0));
+        assert_eq!(index(o.poll_upload(addr(2))), Some(0));
+        assert_eq!(index(o.poll_upload(addr(2))), Some(2));
+        assert_eq!(index(o.poll_upload(addr(2))), None);
+        assert_eq!(index(o.poll_upload(addr(3))), Some(1));
+        assert_eq!(index(o.poll_upload(addr(3))), Some(3));
+        assert_eq!(o.upload_rank(addr(2)), Some(1));
+        assert_eq!(index(o.poll_upload(addr(2))), Some(1));
+        assert_eq!(o.stats().pushed_chunks, 4);
+    }
+
+    #[test]
+    fn a_member_asks_the_owner_after_the_fallback_time_without_blocking_neighbours() {
+        let now = Instant::now();
+        let (m, _) = file();
+        let cfg = SwarmConfig::default();
+        let after = cfg.owner_fallback_after;
+        let mut s = member(now, &m, cfg);
+        s.on_group(now, Some(addr(1)), &[addr(2), addr(3)]);
+        s.on_neighbour_up(now, addr(1));
+        s.on_neighbour_up(now, addr(3));
+        let hello = |bits: &[u32]| {
+            let mut b = ChunkBitmap::empty(m.chunk_count());
+            for &i in bits {
+                b.set(i);
+            }
+            let body = Body::Hello {
+                chunk_count: m.chunk_count(),
+                bitmap: b.to_bytes(),
+            };
+            Message::new(m.file_hash, body)
+        };
+        s.on_message(now, addr(1), hello(&[0, 1, 2, 3]));
+        s.on_message(now, addr(3), hello(&[0]));
+        let acts = drain(&mut s);
+        assert_eq!(requests_in(&acts), vec![(addr(3), 0)]);
+        // Nothing is asked of the owner before `owner_fallback_after`, then
+        // chunks no neighbour offers (fallback)...
+        assert_eq!(s.poll_timeout(), Some(now + after));
+        let later = now + after;
+        s.handle_timeout(later);
+        let asked = requests_in(&drain(&mut s));
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(asked.iter().all(|&(to, i)| to == addr(1) && i != 0));
+        assert_eq!(s.stats().owner_requests, 2);
+        // ... which do not count as in flight: neighbour 3 announcing chunk
+        // 1 is asked for it too, and the first copy cancels the other.
+        s.on_message(
+            later,
+            addr(3),
+            Message::new(m.file_hash, Body::Have { index: 1 }),
+        );
+        assert!(requests_in(&drain(&mut s)).contains(&(addr(3), 1)));
+    }
+
     #[test]
     fn bad_chunk_is_dropped_and_sender_marked() {
         let now = Instant::now();
         let (m, data) = file();
-        let empty = ChunkBitmap::empty(m.chunk_count());
         let cfg = SwarmConfig {
             max_bad_chunks: 2,
             ..SwarmConfig::default()
         };
-        let mut s = Swarm::new(
-            now,
-            m.clone(),
-            addr(2),
-            Box::new(MemoryStore::empty(&m)),
-            empty,
-            cfg,
-            1,
-        );
+        let mut s = member(now, &m, cfg);
         s.on_group(now, Some(addr(1)), &[addr(2), addr(3)]);
         s.on_neighbour_up(now, addr(3));
         let hello = Body::Hello {
@@ -1095,7 +1482,8 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(requests.len(), 4);
+        // A new neighbour starts at the shallowest pipeline.
+        assert_eq!(requests.len(), 2);
         let mut bad = data[..102_400].to_vec();
         bad[7] ^= 1;
         let chunk = |index, data: &[u8]| {

@@ -215,6 +215,7 @@ impl Server {
                 Ok((mut stream, addr)) => {
                     if self.sessions.len() >= self.config.max_sessions {
                         warn!("refusing {addr}: {} sessions already", self.sessions.len());
+                        refuse_full(&mut stream, self.sessions.len());
                         continue;
                     }
                     let token = Token(self.next_token);
@@ -565,4 +566,19 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+/// Tells a client the tracker cannot take it (best effort: one write on a
+/// fresh socket) before the connection is dropped.
+fn refuse_full(stream: &mut TcpStream, sessions: usize) {
+    let mut frame = Vec::new();
+    TrackerMessage::Refused {
+        req: 0,
+        code: RefusalCode::Full,
+        message: format!(
+            "the tracker serves {sessions} sessions already, its --max-sessions; try again later"
+        ),
+    }
+    .encode(&mut frame);
+    let _ = stream.write(&frame);
 }
