@@ -320,6 +320,46 @@ fn a_file_too_large_is_refused_at_once_and_quit_cancels_a_long_hash() {
 }
 
 #[test]
+fn an_ipv6_tracker_gets_ipv6_peers() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let args: Vec<String> = ["--bind", "::1", "0"].map(String::from).to_vec();
+    let mut t = Running::start("tracker", env!("CARGO_BIN_EXE_tracker"), &args);
+    let line = t.wait_for("tracker listening on ");
+    let port = line
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let (a_dir, b_dir) = (scratch("ipv6", "a"), scratch("ipv6", "b"));
+    std::fs::write(a_dir.join("f.bin"), vec![7u8; 250_000]).expect("write");
+    let start = |name, dir: &Path| {
+        let args = ["--dir", &dir.display().to_string(), "::1", &port].map(String::from);
+        let mut p = Running::start(name, env!("CARGO_BIN_EXE_peer"), &args);
+        // The rudp socket listens on IPv6 too: no warning, an IPv6 address.
+        let online = p.wait_for(" online: ");
+        assert!(online.contains("rudp at [::1]:"), "{online}");
+        p
+    };
+    let (mut a, mut b) = (start("a", &a_dir), start("b", &b_dir));
+    a.write(b"register-peer f.bin\n");
+    a.wait_for("registered f.bin");
+    b.write(b"register-group f.bin\n");
+    b.wait_for("joined the group of f.bin");
+    a.wait_for("group f.bin: peer");
+    a.write(b"upload f.bin\n");
+    b.wait_for("complete f.bin");
+    assert!(!b.log.iter().any(|l| l.contains("warning:")), "{:?}", b.log);
+    assert_eq!(
+        std::fs::read(b_dir.join("f.bin")).expect("copy"),
+        vec![7u8; 250_000]
+    );
+}
+
+#[test]
 fn a_full_tracker_says_so() {
     let (_t, port) = tracker_with(0, &["--max-sessions", "1"]);
     let _a = peer("a", &scratch("full", "a"), port, &[]);

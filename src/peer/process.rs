@@ -1320,7 +1320,11 @@ impl PeerLoop {
     /// tracker on the LAN): nothing would ever reach this peer.
     fn check_reachable(&mut self, advertised: SocketAddr) {
         let local = self.driver.local_addr().ip();
-        if local.is_unspecified() || local == advertised.ip() || self.config.advertise.is_some() {
+        let same_family = local.is_ipv4() == advertised.is_ipv4();
+        if (local.is_unspecified() && same_family)
+            || local == advertised.ip()
+            || self.config.advertise.is_some()
+        {
             return;
         }
         let seen = advertised.ip();
