@@ -207,7 +207,8 @@ pub struct SwarmStats {
     pub requests_timed_out: u64,
     /// Requests to the owner for chunks no neighbour offered (fallback).
     pub owner_requests: u64,
-    /// Requests to the owner for chunks some neighbour offered (assist).
+    /// Requests to the owner as a helper (assist: rare chunks, once the
+    /// download has gone on for `owner_fallback_after`).
     pub owner_assist_requests: u64,
     /// Owner: chunks pushed by `start_upload` (each to one member).
     pub pushed_chunks: u64,
@@ -243,7 +244,8 @@ struct ServiceEstimate {
 
 impl ServiceEstimate {
     /// A chunk of `len` bytes asked at `sent` arrived at `now`; `queued`:
-    /// other requests of ours were waiting there since the last arrival.
+    /// other requests of ours were out to it as well (it was busy with us,
+    /// so the gap since the previous chunk measures its rate for us).
     fn on_chunk(&mut self, now: Instant, sent: Instant, len: usize, queued: bool) {
         let took = now.saturating_duration_since(sent);
         self.min_latency = Some(self.min_latency.map_or(took, |m| m.min(took)));
