@@ -5,8 +5,11 @@
 //! connection at full window.
 //!
 //! Run: `cargo bench --bench rudp_sim` (add `-- --quick` for shorter runs;
-//! `RUDP_SIM_SEED=N` changes the seed, 1 by default).
+//! `RUDP_SIM_SEED=N` changes the seed, 1 by default). `-- --fairness N` runs
+//! only the two-flow table, for N seeds from RUDP_SIM_SEED on, and prints the
+//! worst ratio.
 
+use chunkswarm::rng::Rng;
 use chunkswarm::rudp::impair::ImpairConfig;
 use chunkswarm::rudp::sim::{LinkConfig, Sim};
 use chunkswarm::rudp::{CcKind, Config, ConnectionHandle, Endpoint, Event};
@@ -18,6 +21,8 @@ const MSG: usize = 100 * 1024;
 const BACKLOG: usize = 4 << 20;
 /// IPv4 (20) + UDP (8) + Ethernet (14) header bytes per datagram on the link.
 const FRAME_OVERHEAD: usize = 42;
+/// Later flows start up to this long after the first one.
+const MAX_STAGGER: Duration = Duration::from_millis(200);
 
 fn bottleneck(loss: f64) -> LinkConfig {
     let mut l = LinkConfig::bottleneck(100, Duration::from_millis(20));
@@ -37,7 +42,9 @@ fn reverse(loss: f64) -> LinkConfig {
 struct Flow {
     from: SocketAddr,
     to: SocketAddr,
-    handle: ConnectionHandle,
+    /// When the flow connects (virtual time since the start).
+    start: Duration,
+    handle: Option<ConnectionHandle>,
     delivered: u64,
 }
 
@@ -64,17 +71,24 @@ fn run(cc: CcKind, loss: f64, nflows: usize, secs: u64, warm: u64, seed: u64) ->
         ..Config::default()
     };
     let mut flows = Vec::new();
+    let mut rng = Rng::new(seed);
     for i in 0..nflows {
         let from = SocketAddr::new(src_ip, 7000 + i as u16);
         let to = SocketAddr::new(dst_ip, 7000 + i as u16);
         sim.add_node(from, Endpoint::new(cfg.clone(), seed * 100 + i as u64));
         sim.add_node(to, Endpoint::new(cfg.clone(), seed * 100 + 50 + i as u64));
-        let now = sim.now();
-        let handle = sim.endpoint(from).connect(now, to);
+        // The first flow starts at once, each later one up to MAX_STAGGER
+        // after it (seeded): flows that meet a queue are the hard case.
+        let start = if i == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(rng.below(MAX_STAGGER.as_micros() as u64))
+        };
         flows.push(Flow {
             from,
             to,
-            handle,
+            start,
+            handle: None,
             delivered: 0,
         });
     }
@@ -90,14 +104,21 @@ fn run(cc: CcKind, loss: f64, nflows: usize, secs: u64, warm: u64, seed: u64) ->
             }
         }
         for f in flows.iter_mut() {
+            let now = sim.now();
+            let started = sim.elapsed() >= f.start;
             let ep = sim.endpoint(f.from);
-            while ep.send_backlog(f.handle) < BACKLOG {
-                if ep.send(f.handle, vec![0x5a; MSG], false).is_err() {
+            let handle = match f.handle {
+                Some(h) => h,
+                None if started => *f.handle.insert(ep.connect(now, f.to)),
+                None => continue,
+            };
+            while ep.send_backlog(handle) < BACKLOG {
+                if ep.send(handle, vec![0x5a; MSG], false).is_err() {
                     break;
                 }
             }
             while ep.poll_event().is_some() {}
-            max_mem_sender = max_mem_sender.max(ep.memory_usage(f.handle).unwrap_or(0));
+            max_mem_sender = max_mem_sender.max(ep.memory_usage(handle).unwrap_or(0));
             let ep = sim.endpoint(f.to);
             while let Some((_, e)) = ep.poll_event() {
                 if let Event::Message(m) = e {
@@ -114,7 +135,7 @@ fn run(cc: CcKind, loss: f64, nflows: usize, secs: u64, warm: u64, seed: u64) ->
     let mut retransmitted = 0;
     let mut lost = 0;
     for f in &flows {
-        if let Some(st) = sim.endpoint(f.from).stats(f.handle) {
+        if let Some(st) = f.handle.and_then(|h| sim.endpoint(f.from).stats(h)) {
             retransmitted += st.packets_retransmitted;
             lost += st.packets_lost;
         }
@@ -132,6 +153,35 @@ fn run(cc: CcKind, loss: f64, nflows: usize, secs: u64, warm: u64, seed: u64) ->
     }
 }
 
+/// Two flows of `cc` sharing the bottleneck with `loss`: (flow 1, flow 2, ratio).
+fn fairness(cc: CcKind, loss: f64, secs: u64, warm: u64, seed: u64) -> (f64, f64, f64) {
+    let r = run(cc, loss, 2, secs, warm, seed);
+    let (x, y) = (r.goodput_mbps[0], r.goodput_mbps[1]);
+    (x, y, x.min(y) / x.max(y).max(1e-9))
+}
+
+fn fairness_sweep(first: u64, seeds: u64, secs: u64, warm: u64) {
+    println!("two bbr flows on one 100 Mbit/s, 40 ms RTT bottleneck, goodput from t={warm}s to t={secs}s");
+    println!();
+    println!("| loss | seed | flow 1 (Mbit/s) | flow 2 (Mbit/s) | ratio |");
+    println!("|---|---|---|---|---|");
+    for loss in [0.0, 0.01] {
+        let mut worst = f64::MAX;
+        for seed in first..first + seeds {
+            let (x, y, ratio) = fairness(CcKind::Bbr, loss, secs, warm, seed);
+            worst = worst.min(ratio);
+            println!(
+                "| {:.0}% | {seed} | {x:.1} | {y:.1} | {ratio:.2} |",
+                loss * 100.0
+            );
+        }
+        println!(
+            "| {:.0}% | worst of {seeds} | | | {worst:.2} |",
+            loss * 100.0
+        );
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let seed: u64 = std::env::var("RUDP_SIM_SEED")
@@ -139,6 +189,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let (secs, warm) = if quick { (10, 2) } else { (30, 5) };
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--fairness") {
+        let seeds = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(10);
+        fairness_sweep(seed, seeds, secs, warm);
+        return;
+    }
     println!("rudp on a simulated 100 Mbit/s path (counting {FRAME_OVERHEAD} header bytes per datagram: 97.2 Mbit/s of UDP payload), 40 ms RTT, one-BDP (500 kB) drop-tail queue, loss in both directions");
     println!("goodput = application bytes delivered from t={warm}s to t={secs}s (virtual time)");
     println!();
@@ -163,12 +219,10 @@ fn main() {
     println!("|---|---|---|---|");
     for cc in [CcKind::Bbr, CcKind::NewReno] {
         for loss in [0.0, 0.01] {
-            let r = run(cc, loss, 2, secs, warm, seed + 1);
-            let (x, y) = (r.goodput_mbps[0], r.goodput_mbps[1]);
+            let (x, y, ratio) = fairness(cc, loss, secs, warm, seed + 1);
             println!(
-                "| {cc}, {:.0}% loss | {x:.1} | {y:.1} | {:.2} |",
-                loss * 100.0,
-                x.min(y) / x.max(y).max(1e-9)
+                "| {cc}, {:.0}% loss | {x:.1} | {y:.1} | {ratio:.2} |",
+                loss * 100.0
             );
         }
     }

@@ -18,6 +18,7 @@
 
 use super::rtt::RttEstimator;
 use super::CcKind;
+use crate::rng::Rng;
 use std::time::{Duration, Instant};
 
 /// What one ACK told the controller.
@@ -57,10 +58,12 @@ pub trait Controller: Send {
     fn name(&self) -> &'static str;
 }
 
-pub fn new_controller(kind: CcKind, mss: u64) -> Box<dyn Controller> {
+/// A controller of `kind`; `seed` feeds its random choices (BBR's ProbeBW
+/// phase), so that flows started together do not probe in lockstep.
+pub fn new_controller(kind: CcKind, mss: u64, seed: u64) -> Box<dyn Controller> {
     match kind {
         CcKind::NewReno => Box::new(NewReno::new(mss)),
-        CcKind::Bbr => Box::new(Bbr::new(mss)),
+        CcKind::Bbr => Box::new(Bbr::new(mss, seed)),
     }
 }
 
@@ -188,6 +191,7 @@ pub struct Bbr {
     /// Long-run loss rate of uncongested rounds (EWMA with gain 1/8).
     loss_ewma: f64,
     cwnd: u64,
+    rng: Rng,
 }
 
 impl Bbr {
@@ -196,9 +200,32 @@ impl Bbr {
     /// min_rtt filter length (BBR.MinRTTFilterLen = 10 s) and ProbeRTT duration (200 ms).
     pub const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
     pub const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
+    /// A sample within min_rtt/16 (at least [`Bbr::MIN_RTT_SLACK`]) of
+    /// min_rtt confirms it: the filter's window restarts without ProbeRTT.
+    const MIN_RTT_CONFIRM_DIV: u32 = 16;
+    const MIN_RTT_SLACK: Duration = Duration::from_micros(100);
     /// 2/ln(2): the startup gain.
     pub const HIGH_GAIN: f64 = 2.885;
-    pub const CWND_GAIN: f64 = 2.0;
+    /// ProbeBW window: CWND_GAIN × BDP plus [`Bbr::ADDITIVE_WINDOW`] plus
+    /// two send quanta. 1.5 rather than BBR's 2: with the pacing floor of
+    /// [`Bbr::pacing_rate`] the window is what is in flight, and 1.5 × BDP
+    /// plus 64 KB stays inside a one-BDP drop-tail queue.
+    pub const CWND_GAIN: f64 = 1.5;
+    /// Bytes every flow gets on top of its BDP-proportional window, the same
+    /// for all flows whatever their rate. Flows sharing a bottleneck are
+    /// window-limited, each delivering cwnd/RTT; a term proportional to the
+    /// flow's own bandwidth estimate would keep any split (a neutral
+    /// equilibrium: the first flow kept 60%), a common additive term pulls
+    /// the shares together like TCP's additive increase. It is also the
+    /// smallest window on a sub-millisecond path (loopback), where the BDP
+    /// is a few kilobytes and batching of sends and ACKs needs more.
+    pub const ADDITIVE_WINDOW: u64 = 64 * 1024;
+    /// BBRv3 BBRStartupCwndGain: 2, not the pacing gain. With 2.885 × BDP in
+    /// flight Startup overflowed a one-BDP queue by 0.9 BDP for the three
+    /// rounds it takes to see the bandwidth plateau (~900 drops at 100 Mbit/s × 40 ms).
+    pub const STARTUP_CWND_GAIN: f64 = 2.0;
+    /// BBRv2 ProbeRTT: inflight halved to BDP/2 (not 4 packets) drains the queue.
+    pub const PROBE_RTT_CWND_GAIN: f64 = 0.5;
     pub const PACING_CYCLE: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
     /// BBRv2 BBR.LossThresh: a round losing more than 2% may be congested.
     pub const LOSS_THRESH: f64 = 0.02;
@@ -215,7 +242,7 @@ impl Bbr {
     /// Random-loss compensation is capped at this loss rate.
     const MAX_COMPENSATED_LOSS: f64 = 0.35;
 
-    pub fn new(mss: u64) -> Self {
+    pub fn new(mss: u64, seed: u64) -> Self {
         Bbr {
             mss,
             state: BbrState::Startup,
@@ -237,7 +264,20 @@ impl Bbr {
             round_max_inflight: 0,
             loss_ewma: 0.0,
             cwnd: initial_window(mss),
+            rng: Rng::new(seed),
         }
+    }
+
+    /// Enters ProbeBW at a random phase other than the 0.75 one (Linux BBR
+    /// bbr_reset_probe_bw_mode): flows that start together probe apart.
+    fn enter_probe_bw(&mut self, now: Instant) {
+        self.state = BbrState::ProbeBw;
+        let phases = Self::PACING_CYCLE.len() as u64;
+        self.cycle_index = match self.rng.below(phases - 1) as usize {
+            0 => 0,
+            i => i + 1,
+        };
+        self.cycle_start = Some(now);
     }
 
     /// The BBRv2-style inflight bound, if a congested round has set one.
@@ -274,6 +314,10 @@ impl Bbr {
     fn end_round(&mut self, rtt: &RttEstimator) {
         let total = self.round_lost + self.round_acked;
         let packets = total / self.mss.max(1);
+        // A round with few packets says nothing about the loss rate; it is
+        // not congested, and inflight_hi still grows (else a flow cut below
+        // MIN_ROUND_PACKETS per round would stay there for good).
+        let mut congested = false;
         if packets >= Self::MIN_ROUND_PACKETS {
             let rate = self.round_lost as f64 / total as f64;
             let min_rtt = self.min_rtt.unwrap_or(rtt.min()).as_secs_f64();
@@ -286,25 +330,24 @@ impl Bbr {
             // congestion there (it would starve further).
             let excess = rate > self.loss_ewma + Self::LOSS_THRESH
                 && self.round_lost >= Self::MIN_CONGESTION_LOSSES * self.mss;
-            if !(excess && queued) {
+            congested = excess && queued;
+            if !congested {
                 self.loss_ewma = 0.875 * self.loss_ewma + 0.125 * rate;
             }
-            if excess && queued {
-                // Congested round: back inflight_hi off from what was in flight.
-                let base = self.round_max_inflight.min(self.inflight_hi);
-                self.inflight_hi = ((base as f64 * Self::BETA) as u64).max(4 * self.mss);
-                self.inflight_hi_growth_rounds = 0;
-                if self.state == BbrState::Startup {
-                    self.state = BbrState::Drain;
-                }
-            } else {
-                if self.inflight_hi != u64::MAX {
-                    // Probe the bound back up, faster the longer it holds (BBRv2 ProbeBW_UP).
-                    self.inflight_hi_growth_rounds = (self.inflight_hi_growth_rounds + 1).min(20);
-                    let step = self.mss << (self.inflight_hi_growth_rounds / 2).min(10);
-                    self.inflight_hi = self.inflight_hi.saturating_add(step);
-                }
+        }
+        if congested {
+            // Congested round: back inflight_hi off from what was in flight.
+            let base = self.round_max_inflight.min(self.inflight_hi);
+            self.inflight_hi = ((base as f64 * Self::BETA) as u64).max(4 * self.mss);
+            self.inflight_hi_growth_rounds = 0;
+            if self.state == BbrState::Startup {
+                self.state = BbrState::Drain;
             }
+        } else if self.inflight_hi != u64::MAX {
+            // Probe the bound back up, faster the longer it holds (BBRv2 ProbeBW_UP).
+            self.inflight_hi_growth_rounds = (self.inflight_hi_growth_rounds + 1).min(20);
+            let step = self.mss << (self.inflight_hi_growth_rounds / 2).min(10);
+            self.inflight_hi = self.inflight_hi.saturating_add(step);
         }
         self.round_lost = 0;
         self.round_acked = 0;
@@ -322,11 +365,13 @@ impl Bbr {
     fn update_cwnd(&mut self) {
         // BBRQuantizationBudget: 3 quanta on top of the BDP, so that on very
         // short paths (loopback) ACK and send batching do not starve the pipe.
-        let extra = 3 * self.quantum();
+        let extra = 2 * self.quantum() + Self::ADDITIVE_WINDOW;
         let target = match self.state {
-            BbrState::ProbeRtt => 4 * self.mss,
+            BbrState::ProbeRtt => self
+                .bdp(Self::PROBE_RTT_CWND_GAIN)
+                .map_or(4 * self.mss, |b| b.max(4 * self.mss)),
             BbrState::Startup => self
-                .bdp(Self::HIGH_GAIN)
+                .bdp(Self::STARTUP_CWND_GAIN)
                 .map_or(self.cwnd, |b| b + extra)
                 .max(self.cwnd),
             _ => self.bdp(Self::CWND_GAIN).map_or(self.cwnd, |b| b + extra),
@@ -360,6 +405,13 @@ impl Controller for Bbr {
             }
             self.min_rtt = Some(sample);
             self.min_rtt_stamp = Some(now);
+        } else if self
+            .min_rtt
+            .is_some_and(|m| sample <= m + (m / Self::MIN_RTT_CONFIRM_DIV).max(Self::MIN_RTT_SLACK))
+        {
+            // The queue drained by itself (a ProbeBW 0.75 phase, a lull): the
+            // path's RTT is still min_rtt, so it needs no ProbeRTT to re-measure.
+            self.min_rtt_stamp = Some(now);
         }
         if let Some(rs) = ev.rate {
             // Rounds (draft-cardwell BBRUpdateRound).
@@ -389,9 +441,7 @@ impl Controller for Bbr {
         match self.state {
             BbrState::Drain => {
                 if self.bdp(1.0).is_some_and(|b| ev.in_flight <= b) {
-                    self.state = BbrState::ProbeBw;
-                    self.cycle_index = 2;
-                    self.cycle_start = Some(now);
+                    self.enter_probe_bw(now);
                 }
             }
             BbrState::ProbeBw => {
@@ -407,9 +457,7 @@ impl Controller for Bbr {
             BbrState::ProbeRtt => {
                 if self.probe_rtt_done.is_some_and(|t| now >= t) {
                     self.min_rtt_stamp = Some(now);
-                    self.state = BbrState::ProbeBw;
-                    self.cycle_index = 2;
-                    self.cycle_start = Some(now);
+                    self.enter_probe_bw(now);
                 }
             }
             BbrState::Startup => {}
@@ -440,7 +488,17 @@ impl Controller for Bbr {
             let srtt = rtt.srtt().as_secs_f64().max(1e-6);
             return (Self::HIGH_GAIN * self.cwnd as f64 / srtt) as u64;
         }
-        (self.pacing_gain() * self.loss_compensation() * bw as f64) as u64
+        let rate = (self.pacing_gain() * self.loss_compensation() * bw as f64) as u64;
+        if self.state == BbrState::ProbeBw && self.pacing_gain() >= 1.0 {
+            // Outside the 0.75 phase pace at least the window per RTT: the
+            // window, not a stale max-filtered bandwidth, then sets a flow's
+            // share (see ADDITIVE_WINDOW), and a flow whose estimate lags its
+            // window is not held below its share.
+            let srtt = rtt.srtt().as_secs_f64().max(1e-6);
+            let window_rate = self.loss_compensation() * self.cwnd as f64 / srtt;
+            return rate.max(window_rate as u64);
+        }
+        rate
     }
 
     fn name(&self) -> &'static str {
@@ -645,7 +703,7 @@ mod tests {
         assert_eq!(c.window(), w1);
     }
 
-    /// Feeds `rounds` rounds of 100 acked packets each, every one with RTT
+    /// Feeds `rounds` rounds of `per_round` acked packets each, every one with RTT
     /// `rtt_ms`, losing `loss_every`-th packets; returns the time reached.
     fn bbr_rounds(
         bbr: &mut Bbr,
@@ -654,11 +712,12 @@ mod tests {
         rtt_ms: u64,
         loss_every: u64,
         rounds: u64,
+        per_round: u64,
     ) -> Instant {
         let mss = 1400;
         let mut now = t;
         for _ in 0..rounds {
-            for i in 0..100u64 {
+            for i in 0..per_round {
                 now += Duration::from_micros(200);
                 rtt.update(Duration::from_millis(rtt_ms), Duration::ZERO);
                 if loss_every > 0 && i % loss_every == 0 {
@@ -669,18 +728,18 @@ mod tests {
                             packets_lost: 1,
                             largest_sent_time: now,
                             persistent: false,
-                            in_flight: 100 * mss,
+                            in_flight: per_round * mss,
                         },
                         rtt,
                     );
                 }
-                let delivered = bbr.round * 100 * mss + (i + 1) * mss;
+                let delivered = bbr.round * per_round * mss + (i + 1) * mss;
                 bbr.on_ack(
                     &AckEvent {
                         now,
                         bytes_acked: mss,
                         largest_sent_time: now,
-                        in_flight: 100 * mss,
+                        in_flight: per_round * mss,
                         rate: Some(RateSample {
                             delivery_rate: 7_000_000,
                             // Sent one round ago: each round's first ack starts a new round.
@@ -699,26 +758,43 @@ mod tests {
 
     #[test]
     fn bbr_ignores_random_loss_but_backs_off_from_a_full_queue() {
-        let mut bbr = Bbr::new(1400);
+        let mut bbr = Bbr::new(1400, 1);
         let mut rtt = RttEstimator::new();
         let t = t0();
         // Clean rounds at 20 ms, then 5% loss with no queue: not congestion.
-        let t = bbr_rounds(&mut bbr, &mut rtt, t, 20, 0, 10);
-        let t = bbr_rounds(&mut bbr, &mut rtt, t, 20, 20, 10);
+        let t = bbr_rounds(&mut bbr, &mut rtt, t, 20, 0, 10, 100);
+        let t = bbr_rounds(&mut bbr, &mut rtt, t, 20, 20, 10, 100);
         assert_eq!(bbr.inflight_hi(), None);
         let cwnd = bbr.window();
-        assert!(cwnd >= 2 * 7_000_000 / 50, "cwnd {cwnd} below 2 x BDP");
+        assert!(cwnd >= 3 * 7_000_000 / 100, "cwnd {cwnd} below 1.5 x BDP");
         // The same 5% with every RTT sample doubled (a queue) is still the
         // random rate: no back-off.
-        let t = bbr_rounds(&mut bbr, &mut rtt, t, 40, 20, 3);
+        let t = bbr_rounds(&mut bbr, &mut rtt, t, 40, 20, 3, 100);
         assert_eq!(bbr.inflight_hi(), None);
         // A standing queue that drops 10%, well above the random rate: back off.
-        bbr_rounds(&mut bbr, &mut rtt, t, 40, 10, 3);
+        bbr_rounds(&mut bbr, &mut rtt, t, 40, 10, 3, 100);
         let hi = bbr
             .inflight_hi()
             .expect("a congested round sets inflight_hi");
         assert!(hi < 100 * 1400, "{hi}");
         assert!(bbr.window() <= hi);
+    }
+
+    /// A flow cut to a few packets per round (too few to judge their loss
+    /// rate) must still grow inflight_hi: it stayed at 20 KB for good once,
+    /// starving one of two flows sharing a link (fairness 0.02).
+    #[test]
+    fn bbr_inflight_hi_grows_back_from_a_small_window() {
+        let mut bbr = Bbr::new(1400, 1);
+        let mut rtt = RttEstimator::new();
+        let t = bbr_rounds(&mut bbr, &mut rtt, t0(), 20, 0, 10, 100);
+        let t = bbr_rounds(&mut bbr, &mut rtt, t, 40, 5, 3, 100);
+        let hi = bbr
+            .inflight_hi()
+            .expect("a congested round sets inflight_hi");
+        bbr_rounds(&mut bbr, &mut rtt, t, 20, 0, 30, 5);
+        let grown = bbr.inflight_hi().unwrap_or(u64::MAX);
+        assert!(grown > hi + 100 * 1400, "inflight_hi {hi} -> {grown}");
     }
 
     #[test]

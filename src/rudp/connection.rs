@@ -305,7 +305,7 @@ impl Connection {
             sent_max_data: 0,
             max_data_pending: true,
             rtt: RttEstimator::new(),
-            cc: cc::new_controller(config.cc, mss),
+            cc: cc::new_controller(config.cc, mss, local_cid),
             pacer: Pacer::new(mss),
             rate: DeliveryRateEstimator::default(),
             in_flight: 0,
