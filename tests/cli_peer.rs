@@ -18,6 +18,8 @@ struct Running {
     child: Child,
     out: Receiver<String>,
     log: Vec<String>,
+    /// The terminal's master side, for a process started on a pty.
+    terminal: Option<std::fs::File>,
 }
 
 impl Running {
@@ -29,16 +31,28 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        let (tx, out) = mpsc::channel();
-        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+        let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
             Box::new(child.stdout.take().expect("stdout")),
             Box::new(child.stderr.take().expect("stderr")),
         ];
+        Running::reading(name, child, streams, None)
+    }
+
+    /// `child`, its output `streams` read as one channel of lines.
+    fn reading(
+        name: &'static str,
+        child: Child,
+        streams: Vec<Box<dyn std::io::Read + Send>>,
+        terminal: Option<std::fs::File>,
+    ) -> Running {
+        let (tx, out) = mpsc::channel();
         for stream in streams {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
+                // A terminal turns "\n" into "\r\n" (and the line editor adds escapes).
+                for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+                    let line = String::from_utf8_lossy(&line);
+                    if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
                         break;
                     }
                 }
@@ -49,13 +63,48 @@ impl Running {
             child,
             out,
             log: Vec::new(),
+            terminal,
         }
     }
 
+    /// Starts `exe` with a pseudo-terminal as its stdin, stdout and stderr,
+    /// as when a user runs it in a terminal: its console is the line editor.
+    fn start_on_terminal(name: &'static str, exe: &str, args: &[String]) -> Running {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes two new descriptors into the integers given.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both are fresh descriptors this function alone owns.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(slave.try_clone().expect("dup"))
+            .stdout(slave.try_clone().expect("dup"))
+            .stderr(slave)
+            .spawn()
+            .expect("spawn");
+        let terminal = std::fs::File::from(master);
+        let reader = Box::new(terminal.try_clone().expect("dup"));
+        Running::reading(name, child, vec![reader], Some(terminal))
+    }
+
     fn write(&mut self, bytes: &[u8]) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin.write_all(bytes).expect("write");
-        stdin.flush().expect("flush");
+        let input: &mut dyn Write = match &mut self.terminal {
+            Some(terminal) => terminal,
+            None => self.child.stdin.as_mut().expect("stdin"),
+        };
+        input.write_all(bytes).expect("write");
+        input.flush().expect("flush");
     }
 
     /// The first line (from now on) that contains `needle`.
@@ -345,13 +394,7 @@ fn an_ipv6_tracker_gets_ipv6_peers() {
         p
     };
     let (mut a, mut b) = (start("a", &a_dir), start("b", &b_dir));
-    a.write(b"register-peer f.bin\n");
-    a.wait_for("registered f.bin");
-    b.write(b"register-group f.bin\n");
-    b.wait_for("joined the group of f.bin");
-    a.wait_for("group f.bin: peer");
-    a.write(b"upload f.bin\n");
-    b.wait_for("complete f.bin");
+    share_and_fetch(&mut a, &mut b, "\n");
     assert!(!b.log.iter().any(|l| l.contains("warning:")), "{:?}", b.log);
     assert_eq!(
         std::fs::read(b_dir.join("f.bin")).expect("copy"),
@@ -389,4 +432,61 @@ fn a_tracker_that_never_answers_is_a_clear_error() {
     let line = a.wait_for("error:");
     assert!(line.contains("is a chunkswarm tracker listening"), "{line}");
     a.exits_with_failure();
+}
+
+/// A member whose console is a terminal: a whole command arriving at once
+/// (pasted, or typed faster than the editor reads) is run at once (the line
+/// editor once left all but its first byte unread until the next key), and
+/// while chunks arrive a progress bar is drawn above the prompt without
+/// swallowing any chunk line.
+#[test]
+fn a_terminal_console_runs_pasted_commands_and_draws_a_bar_above_the_prompt() {
+    let (_t, port) = tracker(0);
+    let (a_dir, b_dir) = (scratch("terminal", "a"), scratch("terminal", "b"));
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(a_dir.join("f.bin"), &data).expect("write");
+    let mut a = peer("a", &a_dir, port, &["--max-upload", "2MB/s"]);
+    let args = [
+        "--dir",
+        &b_dir.display().to_string(),
+        "--bind",
+        "127.0.0.1",
+        "127.0.0.1",
+        &port.to_string(),
+    ]
+    .map(String::from);
+    let mut b = Running::start_on_terminal("b", env!("CARGO_BIN_EXE_peer"), &args);
+    b.wait_for(" online: tracker");
+    share_and_fetch(&mut a, &mut b, "\r");
+    let bar = b
+        .log
+        .iter()
+        .find(|l| l.contains("f.bin [") && l.contains("MiB"));
+    assert!(
+        bar.is_some(),
+        "no progress bar drawn:\n{}",
+        b.log.join("\n")
+    );
+    for n in 1..=20 {
+        let line = format!("chunk {n}/20 from ");
+        assert!(
+            b.log.iter().any(|l| l.contains(&line)),
+            "no {line:?}:\n{}",
+            b.log.join("\n")
+        );
+    }
+    assert_eq!(std::fs::read(b_dir.join("f.bin")).expect("copy"), data);
+    b.write(b"quit\r");
+}
+
+/// `a` shares f.bin, `b` joins its group (its command ended by `enter`),
+/// `a` uploads; returns once `b` has the file.
+fn share_and_fetch(a: &mut Running, b: &mut Running, enter: &str) {
+    a.write(b"register-peer f.bin\n");
+    a.wait_for("registered f.bin");
+    b.write(format!("register-group f.bin{enter}").as_bytes());
+    b.wait_for("joined the group of f.bin");
+    a.wait_for("group f.bin: peer");
+    a.write(b"upload f.bin\n");
+    b.wait_for("complete f.bin");
 }

@@ -48,7 +48,7 @@ struct Args {
     #[arg(long)]
     quiet_chunks: bool,
     /// Never draw progress bars (they are drawn only when stdout is a
-    /// terminal and the console is not the line editor).
+    /// terminal: under the chunk lines, or above the console's prompt).
     #[arg(long)]
     no_progress: bool,
     /// Test only: serve every chunk with a byte flipped (peers must detect it).

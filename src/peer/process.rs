@@ -14,7 +14,7 @@
 
 use super::console::{Command, ParseError, HELP};
 use super::node::{Node, NodeConfig, NodeEvent};
-use super::progress::{self, Bars, Download, Summary};
+use super::progress::{self, Bars, Download, PromptBars, Summary};
 use super::storage::StorageError;
 use super::swarm::{DiskRole, Swarm, SwarmConfig};
 use super::tracker_client::{TrackerClient, TrackerClientError, TrackerEvent};
@@ -93,6 +93,15 @@ enum ConsoleOutput {
 }
 
 impl ConsoleOutput {
+    /// Prints `text` (whole lines, each ending in a newline) above the
+    /// prompt; false when there is no prompt to print above.
+    fn above_prompt(&mut self, text: String) -> bool {
+        match self {
+            ConsoleOutput::Terminal(p) => text.is_empty() || p.print(text).is_ok(),
+            ConsoleOutput::Stdout => false,
+        }
+    }
+
     fn line(&mut self, s: &str) {
         if let ConsoleOutput::Terminal(p) = self {
             if p.print(format!("{s}\n")).is_ok() {
@@ -124,7 +133,7 @@ pub struct PeerConfig {
     pub swarm: SwarmConfig,
     /// Do not print a line per chunk received.
     pub quiet_chunks: bool,
-    /// Draw progress bars when stdout is a terminal the line editor does not own.
+    /// Draw progress bars when stdout is a terminal.
     pub progress_bars: bool,
     /// Seeds the endpoint's and the swarms' random choices.
     pub seed: u64,
@@ -220,6 +229,8 @@ pub struct PeerLoop {
     /// Downloads by file, for the console's lines and summaries.
     downloads: BTreeMap<Digest32, Download>,
     bars: Bars,
+    /// Bars above the line editor's prompt (when it owns the terminal).
+    prompt_bars: Option<PromptBars>,
     inputs: Receiver<LoopInput>,
     input_tx: Sender<LoopInput>,
     out: ConsoleOutput,
@@ -281,6 +292,7 @@ impl PeerLoop {
             node: Node::new(config.node.clone()),
             downloads: BTreeMap::new(),
             bars,
+            prompt_bars: None,
             inputs,
             input_tx,
             out: ConsoleOutput::Stdout,
@@ -310,13 +322,33 @@ impl PeerLoop {
     }
 
     fn say(&mut self, line: impl AsRef<str>) {
-        if !self.bars.println(line.as_ref()) {
-            self.out.line(line.as_ref());
+        if self.bars.println(line.as_ref()) || self.say_above_bars(Some(line.as_ref())) {
+            return;
         }
+        self.out.line(line.as_ref());
     }
 
     fn error(&mut self, line: impl fmt::Display) {
-        self.out.line(&format!("error: {line}"));
+        self.say(format!("error: {line}"));
+    }
+
+    /// With the line editor owning the terminal and bars on: prints `line`
+    /// (or only redraws the bars) above the prompt, the bars pinned below
+    /// it. False when bars are not drawn that way.
+    fn say_above_bars(&mut self, line: Option<&str>) -> bool {
+        let Some(prompt_bars) = &mut self.prompt_bars else {
+            return false;
+        };
+        let now = Instant::now();
+        let width = progress::terminal_width();
+        let bars: Vec<String> = self
+            .downloads
+            .values()
+            .filter(|d| !d.done)
+            .map(|d| progress::bar_line(d, now, width))
+            .collect();
+        let text = prompt_bars.compose(now, line, &bars);
+        self.out.above_prompt(text)
     }
 
     /// When the loop must wake at the latest: the tracker client's timers,
@@ -413,6 +445,8 @@ impl PeerLoop {
                 }
                 if !self.config.quiet_chunks {
                     self.say(progress::chunk_line(index, chunk_count, from));
+                } else if self.prompt_bars.as_ref().is_some_and(|p| p.due(now)) {
+                    self.say_above_bars(None);
                 }
             }
             NodeEvent::BadChunk { file, index, from } => {
@@ -472,6 +506,7 @@ impl PeerLoop {
             sha256: &m.file_hash,
             elapsed: d.elapsed(now),
             bytes: d.bytes,
+            rate_bytes: d.rate_bytes(),
             resumed: d.resumed,
             sources: &swarm.stats().received_from,
             owner,
@@ -718,9 +753,12 @@ impl PeerLoop {
                     self.stop = true;
                 }
                 LoopInput::Printer(p) => {
-                    // The line editor owns the terminal now: no bars.
+                    // The line editor owns the terminal now: bars above its prompt.
                     self.bars.disable();
                     self.out = ConsoleOutput::Terminal(p);
+                    if self.config.progress_bars && io::stdout().is_terminal() {
+                        self.prompt_bars = Some(PromptBars::default());
+                    }
                 }
                 LoopInput::Hashed { name, result } => self.hashed(name, result),
                 // Do not make the user wait for a long hash to finish.
