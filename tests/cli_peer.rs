@@ -360,6 +360,26 @@ fn an_ipv6_tracker_gets_ipv6_peers() {
 }
 
 #[test]
+fn a_one_byte_file_is_one_byte_in_one_chunk() {
+    let (_t, port) = tracker(0);
+    let (a_dir, b_dir) = (scratch("one_byte", "a"), scratch("one_byte", "b"));
+    std::fs::write(a_dir.join("one.bin"), b"x").expect("write");
+    let mut a = peer("a", &a_dir, port, &[]);
+    let mut b = peer("b", &b_dir, port, &[]);
+    a.write(b"register-peer one.bin\n");
+    a.wait_for("registered one.bin: 1 byte, 1 chunk, sha256");
+    b.write(b"list\n");
+    b.wait_for("one.bin  1 byte  1 chunk  owner");
+    b.write(b"register-group one.bin\n");
+    b.wait_for("joined the group of one.bin: owner peer 1 at 127.0.0.1:");
+    a.wait_for("group one.bin: peer");
+    a.write(b"upload one.bin\n");
+    a.wait_for("upload one.bin: sending 1 chunk to 1 member");
+    b.wait_for("complete one.bin");
+    assert_eq!(std::fs::read(b_dir.join("one.bin")).expect("copy"), b"x");
+}
+
+#[test]
 fn a_full_tracker_says_so() {
     let (_t, port) = tracker_with(0, &["--max-sessions", "1"]);
     let _a = peer("a", &scratch("full", "a"), port, &[]);
