@@ -186,18 +186,23 @@ struct Upload {
     data: Vec<u8>,
 }
 
+/// `a` shares `name`, `b` joins its group, `a` starts the upload.
+fn share_join_upload(a: &mut Running, b: &mut Running, name: &str) {
+    a.write(format!("register-peer {name}\n").as_bytes());
+    a.wait_for(&format!("registered {name}"));
+    b.write(format!("register-group {name}\n").as_bytes());
+    b.wait_for(&format!("joined the group of {name}"));
+    a.write(format!("upload {name}\n").as_bytes());
+    a.wait_for(&format!("upload {name}: sending"));
+}
+
 fn slow_upload(test: &str, port: u16) -> Upload {
     let (a_dir, b_dir) = (scratch(test, "a"), scratch(test, "b"));
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 / 3) as u8).collect();
     std::fs::write(a_dir.join("movie.bin"), &data).expect("write");
     let mut a = peer("a", &a_dir, port, &["--max-upload", "1MB/s"]);
     let mut b = peer("b", &b_dir, port, &[]);
-    a.write(b"register-peer movie.bin\n");
-    a.wait_for("registered movie.bin");
-    b.write(b"register-group movie.bin\n");
-    b.wait_for("joined the group of movie.bin");
-    a.write(b"upload movie.bin\n");
-    a.wait_for("upload movie.bin: sending");
+    share_join_upload(&mut a, &mut b, "movie.bin");
     Upload {
         a,
         b,
@@ -345,13 +350,8 @@ fn an_ipv6_tracker_gets_ipv6_peers() {
         p
     };
     let (mut a, mut b) = (start("a", &a_dir), start("b", &b_dir));
-    a.write(b"register-peer f.bin\n");
-    a.wait_for("registered f.bin");
-    b.write(b"register-group f.bin\n");
-    b.wait_for("joined the group of f.bin");
-    a.wait_for("group f.bin: peer");
-    a.write(b"upload f.bin\n");
-    b.wait_for("complete f.bin");
+    share_join_upload(&mut a, &mut b, "f.bin");
+    b.printed("complete f.bin");
     assert!(!b.log.iter().any(|l| l.contains("warning:")), "{:?}", b.log);
     assert_eq!(
         std::fs::read(b_dir.join("f.bin")).expect("copy"),
@@ -366,16 +366,13 @@ fn a_one_byte_file_is_one_byte_in_one_chunk() {
     std::fs::write(a_dir.join("one.bin"), b"x").expect("write");
     let mut a = peer("a", &a_dir, port, &[]);
     let mut b = peer("b", &b_dir, port, &[]);
-    a.write(b"register-peer one.bin\n");
-    a.wait_for("registered one.bin: 1 byte, 1 chunk, sha256");
+    share_join_upload(&mut a, &mut b, "one.bin");
+    a.printed("registered one.bin: 1 byte, 1 chunk, sha256");
+    b.printed("joined the group of one.bin: owner peer 1 at 127.0.0.1:");
+    a.printed("upload one.bin: sending 1 chunk to 1 member");
+    b.printed("complete one.bin");
     b.write(b"list\n");
     b.wait_for("one.bin  1 byte  1 chunk  owner");
-    b.write(b"register-group one.bin\n");
-    b.wait_for("joined the group of one.bin: owner peer 1 at 127.0.0.1:");
-    a.wait_for("group one.bin: peer");
-    a.write(b"upload one.bin\n");
-    a.wait_for("upload one.bin: sending 1 chunk to 1 member");
-    b.wait_for("complete one.bin");
     assert_eq!(std::fs::read(b_dir.join("one.bin")).expect("copy"), b"x");
 }
 
