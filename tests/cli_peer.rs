@@ -235,18 +235,25 @@ struct Upload {
     data: Vec<u8>,
 }
 
+/// `a` shares `name`, `b` joins its group, `a` starts the upload.
+fn share_join_upload(a: &mut Running, b: &mut Running, name: &str) {
+    a.write(format!("register-peer {name}\n").as_bytes());
+    a.wait_for(&format!("registered {name}"));
+    // A terminal's Enter key sends a carriage return.
+    let enter = if b.terminal.is_some() { '\r' } else { '\n' };
+    b.write(format!("register-group {name}{enter}").as_bytes());
+    b.wait_for(&format!("joined the group of {name}"));
+    a.write(format!("upload {name}\n").as_bytes());
+    a.wait_for(&format!("upload {name}: sending"));
+}
+
 fn slow_upload(test: &str, port: u16) -> Upload {
     let (a_dir, b_dir) = (scratch(test, "a"), scratch(test, "b"));
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 / 3) as u8).collect();
     std::fs::write(a_dir.join("movie.bin"), &data).expect("write");
     let mut a = peer("a", &a_dir, port, &["--max-upload", "1MB/s"]);
     let mut b = peer("b", &b_dir, port, &[]);
-    a.write(b"register-peer movie.bin\n");
-    a.wait_for("registered movie.bin");
-    b.write(b"register-group movie.bin\n");
-    b.wait_for("joined the group of movie.bin");
-    a.write(b"upload movie.bin\n");
-    a.wait_for("upload movie.bin: sending");
+    share_join_upload(&mut a, &mut b, "movie.bin");
     Upload {
         a,
         b,
@@ -394,12 +401,30 @@ fn an_ipv6_tracker_gets_ipv6_peers() {
         p
     };
     let (mut a, mut b) = (start("a", &a_dir), start("b", &b_dir));
-    share_and_fetch(&mut a, &mut b, "\n");
+    share_join_upload(&mut a, &mut b, "f.bin");
+    b.printed("complete f.bin");
     assert!(!b.log.iter().any(|l| l.contains("warning:")), "{:?}", b.log);
     assert_eq!(
         std::fs::read(b_dir.join("f.bin")).expect("copy"),
         vec![7u8; 250_000]
     );
+}
+
+#[test]
+fn a_one_byte_file_is_one_byte_in_one_chunk() {
+    let (_t, port) = tracker(0);
+    let (a_dir, b_dir) = (scratch("one_byte", "a"), scratch("one_byte", "b"));
+    std::fs::write(a_dir.join("one.bin"), b"x").expect("write");
+    let mut a = peer("a", &a_dir, port, &[]);
+    let mut b = peer("b", &b_dir, port, &[]);
+    share_join_upload(&mut a, &mut b, "one.bin");
+    a.printed("registered one.bin: 1 byte, 1 chunk, sha256");
+    b.printed("joined the group of one.bin: owner peer 1 at 127.0.0.1:");
+    a.printed("upload one.bin: sending 1 chunk to 1 member");
+    b.printed("complete one.bin");
+    b.write(b"list\n");
+    b.wait_for("one.bin  1 byte  1 chunk  owner");
+    assert_eq!(std::fs::read(b_dir.join("one.bin")).expect("copy"), b"x");
 }
 
 #[test]
@@ -457,7 +482,8 @@ fn a_terminal_console_runs_pasted_commands_and_draws_a_bar_above_the_prompt() {
     .map(String::from);
     let mut b = Running::start_on_terminal("b", env!("CARGO_BIN_EXE_peer"), &args);
     b.wait_for(" online: tracker");
-    share_and_fetch(&mut a, &mut b, "\r");
+    share_join_upload(&mut a, &mut b, "f.bin");
+    b.printed("complete f.bin");
     let bar = b
         .log
         .iter()
@@ -477,16 +503,4 @@ fn a_terminal_console_runs_pasted_commands_and_draws_a_bar_above_the_prompt() {
     }
     assert_eq!(std::fs::read(b_dir.join("f.bin")).expect("copy"), data);
     b.write(b"quit\r");
-}
-
-/// `a` shares f.bin, `b` joins its group (its command ended by `enter`),
-/// `a` uploads; returns once `b` has the file.
-fn share_and_fetch(a: &mut Running, b: &mut Running, enter: &str) {
-    a.write(b"register-peer f.bin\n");
-    a.wait_for("registered f.bin");
-    b.write(format!("register-group f.bin{enter}").as_bytes());
-    b.wait_for("joined the group of f.bin");
-    a.wait_for("group f.bin: peer");
-    a.write(b"upload f.bin\n");
-    b.wait_for("complete f.bin");
 }

@@ -460,9 +460,10 @@ impl PeerLoop {
                 ));
             }
             NodeEvent::UploadDone { file } => {
-                let (name, count) = self.name_of(&file);
+                let (name, chunks) = self.name_of(&file);
                 self.say(format!(
-                    "upload {name}: all {count} chunks handed out; still serving as the source of last resort"
+                    "upload {name}: all {} handed out; still serving as the source of last resort",
+                    count(chunks, "chunk")
                 ));
             }
             NodeEvent::Complete { file, path } => self.completed(now, &file, &path),
@@ -1007,8 +1008,8 @@ impl PeerLoop {
                 self.uploading.insert(name.clone());
                 let members: Vec<String> = group.members.iter().map(|m| m.to_string()).collect();
                 self.say(format!(
-                    "upload {name}: sending {} chunks to {}: {}",
-                    group.manifest.chunk_count(),
+                    "upload {name}: sending {} to {}: {}",
+                    count(group.manifest.chunk_count(), "chunk"),
                     count(members.len(), "member"),
                     members.join(", ")
                 ));
@@ -1152,10 +1153,11 @@ impl PeerLoop {
                 .swarm(&m.file_hash)
                 .map_or(0, |s| s.stats().uploaded_to.values().sum());
             lines.push(format!(
-                "sharing: {name} ({} bytes, {} chunks, {}; {uploaded} chunks sent)",
-                m.size,
-                m.chunk_count(),
-                count(members, "member")
+                "sharing: {name} ({}, {}, {}; {} sent)",
+                count(m.size, "byte"),
+                count(m.chunk_count(), "chunk"),
+                count(members, "member"),
+                count(uploaded, "chunk")
             ));
             lines.extend(self.neighbour_line(&m.file_hash));
         }
@@ -1224,9 +1226,9 @@ impl PeerLoop {
             TrackerEvent::Registered { req, name } => match self.pending.remove(&req) {
                 Some(Pending::RegisterPeer(m)) => {
                     self.say(format!(
-                        "registered {name}: {} bytes, {} chunks, sha256 {}",
-                        m.size,
-                        m.chunk_count(),
+                        "registered {name}: {}, {}, sha256 {}",
+                        count(m.size, "byte"),
+                        count(m.chunk_count(), "chunk"),
                         hex(&m.file_hash)
                     ));
                     self.share(&m);
@@ -1250,8 +1252,12 @@ impl PeerLoop {
                         ""
                     };
                     lines.push(format!(
-                        "  {}  {} bytes  {} chunks  owner {}{mine}  group {}",
-                        f.name, f.size, f.chunk_count, f.owner, f.group_size
+                        "  {}  {}  {}  owner {}{mine}  group {}",
+                        f.name,
+                        count(f.size, "byte"),
+                        count(f.chunk_count, "chunk"),
+                        f.owner,
+                        f.group_size
                     ));
                 }
                 for line in lines {
@@ -1295,9 +1301,9 @@ impl PeerLoop {
                         let members: Vec<String> =
                             view.members.iter().map(|m| m.id.to_string()).collect();
                         self.say(format!(
-                            "joined the group of {name}: owner {}, {} chunks, members: {}",
+                            "joined the group of {name}: owner {}, {}, members: {}",
                             view.owner,
-                            view.manifest.chunk_count(),
+                            count(view.manifest.chunk_count(), "chunk"),
                             members.join(", ")
                         ));
                         self.joined.insert(name, view.clone());
@@ -1464,7 +1470,8 @@ impl PeerLoop {
 }
 
 /// "1 member", "2 members".
-fn count(n: usize, what: &str) -> String {
+fn count(n: impl TryInto<u64>, what: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
     if n == 1 {
         format!("1 {what}")
     } else {
