@@ -504,3 +504,38 @@ fn a_terminal_console_runs_pasted_commands_and_draws_a_bar_above_the_prompt() {
     assert_eq!(std::fs::read(b_dir.join("f.bin")).expect("copy"), data);
     b.write(b"quit\r");
 }
+
+/// An owner whose file is edited after `register-peer` sends no chunk that
+/// fails its manifest check: it says the file changed and stops serving
+/// it, and the member writes nothing under the file's name.
+#[test]
+fn an_owner_whose_file_changed_on_disk_says_so_and_serves_nothing_bad() {
+    let (_t, port) = tracker(0);
+    let (a_dir, b_dir) = (scratch("changed", "a"), scratch("changed", "b"));
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(a_dir.join("f.bin"), &data).expect("write");
+    let mut a = peer("a", &a_dir, port, &[]);
+    let mut b = peer("b", &b_dir, port, &[]);
+    a.write(b"register-peer f.bin\n");
+    a.wait_for("registered f.bin");
+    let mut edited = data.clone();
+    edited[150_000..151_000].fill(0xEE);
+    std::fs::write(a_dir.join("f.bin"), &edited).expect("edit");
+    b.write(b"register-group f.bin\n");
+    b.wait_for("joined the group of f.bin");
+    a.wait_for("group f.bin: peer");
+    a.write(b"upload f.bin\n");
+    let line = a.wait_for("error: f.bin: stopped sharing it");
+    assert!(
+        line.contains("chunk 2 of 10") && line.contains("changed on disk"),
+        "{line}"
+    );
+    b.write(b"status\n");
+    b.wait_for("f.bin");
+    assert!(
+        !b.log.iter().any(|l| l.contains("corrupted")),
+        "{:?}",
+        b.log
+    );
+    assert!(!b_dir.join("f.bin").exists());
+}

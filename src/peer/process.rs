@@ -473,9 +473,15 @@ impl PeerLoop {
                     d.finish();
                 }
                 let dir = self.config.dir.display().to_string();
-                self.error(format_args!(
-                    "{name}: the download stopped: {reason}; free the disk or fix {dir} and run register-group {name} again after a restart"
-                ));
+                if self.node.swarm(&file).is_some_and(|s| s.is_owner()) {
+                    self.error(format_args!(
+                        "{name}: stopped sharing it: {reason}; restore the file, or restart this peer and register-peer {name} again to share what is there now"
+                    ));
+                } else {
+                    self.error(format_args!(
+                        "{name}: the download stopped: {reason}; free the disk or fix {dir} and run register-group {name} again after a restart"
+                    ));
+                }
             }
             NodeEvent::NeighbourUp { peer } => debug!("neighbour {peer} up"),
             NodeEvent::NeighbourDown { peer, why } => info!("neighbour {peer} down: {why}"),
