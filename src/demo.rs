@@ -485,22 +485,25 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
             )));
         }
     }
-    let work = match &opts.work_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("chunkswarm-demo-{}", std::process::id())),
-    };
+    let work = work_dir(opts);
     stop_flag();
     if work.exists() {
         fs::remove_dir_all(&work)
             .map_err(|e| DemoError::Io(format!("clearing {}", work.display()), e))?;
     }
     let result = run_in(opts, &work, &tracker_bin, &peer_bin);
-    if opts.keep {
-        println!("kept the peers' directories under {}", work.display());
-    } else {
+    if !opts.keep {
         let _ = fs::remove_dir_all(&work);
     }
     result
+}
+
+/// Where the peers' directories go (kept there with `--keep`).
+pub fn work_dir(opts: &DemoOptions) -> PathBuf {
+    match &opts.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("chunkswarm-demo-{}", std::process::id())),
+    }
 }
 
 fn run_in(

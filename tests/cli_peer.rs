@@ -18,6 +18,8 @@ struct Running {
     child: Child,
     out: Receiver<String>,
     log: Vec<String>,
+    /// The terminal's master side, for a process started on a pty.
+    terminal: Option<std::fs::File>,
 }
 
 impl Running {
@@ -29,16 +31,28 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        let (tx, out) = mpsc::channel();
-        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+        let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
             Box::new(child.stdout.take().expect("stdout")),
             Box::new(child.stderr.take().expect("stderr")),
         ];
+        Running::reading(name, child, streams, None)
+    }
+
+    /// `child`, its output `streams` read as one channel of lines.
+    fn reading(
+        name: &'static str,
+        child: Child,
+        streams: Vec<Box<dyn std::io::Read + Send>>,
+        terminal: Option<std::fs::File>,
+    ) -> Running {
+        let (tx, out) = mpsc::channel();
         for stream in streams {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
+                // A terminal turns "\n" into "\r\n" (and the line editor adds escapes).
+                for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+                    let line = String::from_utf8_lossy(&line);
+                    if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
                         break;
                     }
                 }
@@ -49,13 +63,48 @@ impl Running {
             child,
             out,
             log: Vec::new(),
+            terminal,
         }
     }
 
+    /// Starts `exe` with a pseudo-terminal as its stdin, stdout and stderr,
+    /// as when a user runs it in a terminal: its console is the line editor.
+    fn start_on_terminal(name: &'static str, exe: &str, args: &[String]) -> Running {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes two new descriptors into the integers given.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both are fresh descriptors this function alone owns.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(slave.try_clone().expect("dup"))
+            .stdout(slave.try_clone().expect("dup"))
+            .stderr(slave)
+            .spawn()
+            .expect("spawn");
+        let terminal = std::fs::File::from(master);
+        let reader = Box::new(terminal.try_clone().expect("dup"));
+        Running::reading(name, child, vec![reader], Some(terminal))
+    }
+
     fn write(&mut self, bytes: &[u8]) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin.write_all(bytes).expect("write");
-        stdin.flush().expect("flush");
+        let input: &mut dyn Write = match &mut self.terminal {
+            Some(terminal) => terminal,
+            None => self.child.stdin.as_mut().expect("stdin"),
+        };
+        input.write_all(bytes).expect("write");
+        input.flush().expect("flush");
     }
 
     /// The first line (from now on) that contains `needle`.
@@ -186,18 +235,25 @@ struct Upload {
     data: Vec<u8>,
 }
 
+/// `a` shares `name`, `b` joins its group, `a` starts the upload.
+fn share_join_upload(a: &mut Running, b: &mut Running, name: &str) {
+    a.write(format!("register-peer {name}\n").as_bytes());
+    a.wait_for(&format!("registered {name}"));
+    // A terminal's Enter key sends a carriage return.
+    let enter = if b.terminal.is_some() { '\r' } else { '\n' };
+    b.write(format!("register-group {name}{enter}").as_bytes());
+    b.wait_for(&format!("joined the group of {name}"));
+    a.write(format!("upload {name}\n").as_bytes());
+    a.wait_for(&format!("upload {name}: sending"));
+}
+
 fn slow_upload(test: &str, port: u16) -> Upload {
     let (a_dir, b_dir) = (scratch(test, "a"), scratch(test, "b"));
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 / 3) as u8).collect();
     std::fs::write(a_dir.join("movie.bin"), &data).expect("write");
     let mut a = peer("a", &a_dir, port, &["--max-upload", "1MB/s"]);
     let mut b = peer("b", &b_dir, port, &[]);
-    a.write(b"register-peer movie.bin\n");
-    a.wait_for("registered movie.bin");
-    b.write(b"register-group movie.bin\n");
-    b.wait_for("joined the group of movie.bin");
-    a.write(b"upload movie.bin\n");
-    a.wait_for("upload movie.bin: sending");
+    share_join_upload(&mut a, &mut b, "movie.bin");
     Upload {
         a,
         b,
@@ -320,6 +376,58 @@ fn a_file_too_large_is_refused_at_once_and_quit_cancels_a_long_hash() {
 }
 
 #[test]
+fn an_ipv6_tracker_gets_ipv6_peers() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let args: Vec<String> = ["--bind", "::1", "0"].map(String::from).to_vec();
+    let mut t = Running::start("tracker", env!("CARGO_BIN_EXE_tracker"), &args);
+    let line = t.wait_for("tracker listening on ");
+    let port = line
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let (a_dir, b_dir) = (scratch("ipv6", "a"), scratch("ipv6", "b"));
+    std::fs::write(a_dir.join("f.bin"), vec![7u8; 250_000]).expect("write");
+    let start = |name, dir: &Path| {
+        let args = ["--dir", &dir.display().to_string(), "::1", &port].map(String::from);
+        let mut p = Running::start(name, env!("CARGO_BIN_EXE_peer"), &args);
+        // The rudp socket listens on IPv6 too: no warning, an IPv6 address.
+        let online = p.wait_for(" online: ");
+        assert!(online.contains("rudp at [::1]:"), "{online}");
+        p
+    };
+    let (mut a, mut b) = (start("a", &a_dir), start("b", &b_dir));
+    share_join_upload(&mut a, &mut b, "f.bin");
+    b.printed("complete f.bin");
+    assert!(!b.log.iter().any(|l| l.contains("warning:")), "{:?}", b.log);
+    assert_eq!(
+        std::fs::read(b_dir.join("f.bin")).expect("copy"),
+        vec![7u8; 250_000]
+    );
+}
+
+#[test]
+fn a_one_byte_file_is_one_byte_in_one_chunk() {
+    let (_t, port) = tracker(0);
+    let (a_dir, b_dir) = (scratch("one_byte", "a"), scratch("one_byte", "b"));
+    std::fs::write(a_dir.join("one.bin"), b"x").expect("write");
+    let mut a = peer("a", &a_dir, port, &[]);
+    let mut b = peer("b", &b_dir, port, &[]);
+    share_join_upload(&mut a, &mut b, "one.bin");
+    a.printed("registered one.bin: 1 byte, 1 chunk, sha256");
+    b.printed("joined the group of one.bin: owner peer 1 at 127.0.0.1:");
+    a.printed("upload one.bin: sending 1 chunk to 1 member");
+    b.printed("complete one.bin");
+    b.write(b"list\n");
+    b.wait_for("one.bin  1 byte  1 chunk  owner");
+    assert_eq!(std::fs::read(b_dir.join("one.bin")).expect("copy"), b"x");
+}
+
+#[test]
 fn a_full_tracker_says_so() {
     let (_t, port) = tracker_with(0, &["--max-sessions", "1"]);
     let _a = peer("a", &scratch("full", "a"), port, &[]);
@@ -349,4 +457,85 @@ fn a_tracker_that_never_answers_is_a_clear_error() {
     let line = a.wait_for("error:");
     assert!(line.contains("is a chunkswarm tracker listening"), "{line}");
     a.exits_with_failure();
+}
+
+/// A member whose console is a terminal: a whole command arriving at once
+/// (pasted, or typed faster than the editor reads) is run at once (the line
+/// editor once left all but its first byte unread until the next key), and
+/// while chunks arrive a progress bar is drawn above the prompt without
+/// swallowing any chunk line.
+#[test]
+fn a_terminal_console_runs_pasted_commands_and_draws_a_bar_above_the_prompt() {
+    let (_t, port) = tracker(0);
+    let (a_dir, b_dir) = (scratch("terminal", "a"), scratch("terminal", "b"));
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(a_dir.join("f.bin"), &data).expect("write");
+    let mut a = peer("a", &a_dir, port, &["--max-upload", "2MB/s"]);
+    let args = [
+        "--dir",
+        &b_dir.display().to_string(),
+        "--bind",
+        "127.0.0.1",
+        "127.0.0.1",
+        &port.to_string(),
+    ]
+    .map(String::from);
+    let mut b = Running::start_on_terminal("b", env!("CARGO_BIN_EXE_peer"), &args);
+    b.wait_for(" online: tracker");
+    share_join_upload(&mut a, &mut b, "f.bin");
+    b.printed("complete f.bin");
+    let bar = b
+        .log
+        .iter()
+        .find(|l| l.contains("f.bin [") && l.contains("MiB"));
+    assert!(
+        bar.is_some(),
+        "no progress bar drawn:\n{}",
+        b.log.join("\n")
+    );
+    for n in 1..=20 {
+        let line = format!("chunk {n}/20 from ");
+        assert!(
+            b.log.iter().any(|l| l.contains(&line)),
+            "no {line:?}:\n{}",
+            b.log.join("\n")
+        );
+    }
+    assert_eq!(std::fs::read(b_dir.join("f.bin")).expect("copy"), data);
+    b.write(b"quit\r");
+}
+
+/// An owner whose file is edited after `register-peer` sends no chunk that
+/// fails its manifest check: it says the file changed and stops serving
+/// it, and the member writes nothing under the file's name.
+#[test]
+fn an_owner_whose_file_changed_on_disk_says_so_and_serves_nothing_bad() {
+    let (_t, port) = tracker(0);
+    let (a_dir, b_dir) = (scratch("changed", "a"), scratch("changed", "b"));
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(a_dir.join("f.bin"), &data).expect("write");
+    let mut a = peer("a", &a_dir, port, &[]);
+    let mut b = peer("b", &b_dir, port, &[]);
+    a.write(b"register-peer f.bin\n");
+    a.wait_for("registered f.bin");
+    let mut edited = data.clone();
+    edited[150_000..151_000].fill(0xEE);
+    std::fs::write(a_dir.join("f.bin"), &edited).expect("edit");
+    b.write(b"register-group f.bin\n");
+    b.wait_for("joined the group of f.bin");
+    a.wait_for("group f.bin: peer");
+    a.write(b"upload f.bin\n");
+    let line = a.wait_for("error: f.bin: stopped sharing it");
+    assert!(
+        line.contains("chunk 2 of 10") && line.contains("changed on disk"),
+        "{line}"
+    );
+    b.write(b"status\n");
+    b.wait_for("f.bin");
+    assert!(
+        !b.log.iter().any(|l| l.contains("corrupted")),
+        "{:?}",
+        b.log
+    );
+    assert!(!b_dir.join("f.bin").exists());
 }

@@ -162,14 +162,23 @@ fn main() {
         echo: !args.quiet,
         seed: 1,
     };
-    match demo::run(&opts) {
+    let result = demo::run(&opts);
+    let kept = || {
+        if opts.keep {
+            let dir = demo::work_dir(&opts);
+            println!("kept the peers' directories under {}", dir.display());
+        }
+    };
+    match result {
         Ok(report) => {
             println!();
             print!("{}", report.table());
+            kept();
             std::process::exit(if report.all_verified() { 0 } else { 1 });
         }
         Err(e) => {
             eprintln!("error: demo: {e}");
+            kept();
             std::process::exit(1);
         }
     }

@@ -10,7 +10,7 @@ use chunkswarm::peer::process::{
 use chunkswarm::peer::swarm::SwarmConfig;
 use chunkswarm::rudp::driver::{Driver, TransportArgs};
 use clap::Parser;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,9 +24,10 @@ struct Args {
     /// Directory of the files this peer shares and where downloads are written.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
-    /// Local IP address for the rudp (UDP) socket.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind: IpAddr,
+    /// Local IP address for the rudp (UDP) socket. Default: every address
+    /// of the tracker's family (0.0.0.0, or :: for an IPv6 tracker).
+    #[arg(long)]
+    bind: Option<IpAddr>,
     /// UDP port for rudp traffic; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     port: u16,
@@ -47,7 +48,7 @@ struct Args {
     #[arg(long)]
     quiet_chunks: bool,
     /// Never draw progress bars (they are drawn only when stdout is a
-    /// terminal and the console is not the line editor).
+    /// terminal: under the chunk lines, or above the console's prompt).
     #[arg(long)]
     no_progress: bool,
     /// Test only: serve every chunk with a byte flipped (peers must detect it).
@@ -92,14 +93,19 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     args.transport.impair.validate()?;
-    let udp_addr = SocketAddr::new(args.bind, args.port);
-    let driver = Driver::bind(udp_addr, args.transport.driver_options())
-        .map_err(|e| format!("{e}; pick another --port or --bind"))?;
     let (stream, tracker) = connect_tracker(
         &args.tracker_host,
         args.tracker_port,
         Duration::from_secs(5),
     )?;
+    // Others reach us at the address the tracker sees, so listen in its family.
+    let bind = args.bind.unwrap_or(match tracker {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    let udp_addr = SocketAddr::new(bind, args.port);
+    let driver = Driver::bind(udp_addr, args.transport.driver_options())
+        .map_err(|e| format!("{e}; pick another --port or --bind"))?;
     let config = PeerConfig {
         dir: args.dir,
         tracker_name: tracker.to_string(),

@@ -14,7 +14,7 @@
 
 use super::console::{Command, ParseError, HELP};
 use super::node::{Node, NodeConfig, NodeEvent};
-use super::progress::{self, Bars, Download, Summary};
+use super::progress::{self, Bars, Download, PromptBars, Summary};
 use super::storage::StorageError;
 use super::swarm::{DiskRole, Swarm, SwarmConfig};
 use super::tracker_client::{TrackerClient, TrackerClientError, TrackerEvent};
@@ -93,6 +93,15 @@ enum ConsoleOutput {
 }
 
 impl ConsoleOutput {
+    /// Prints `text` (whole lines, each ending in a newline) above the
+    /// prompt; false when there is no prompt to print above.
+    fn above_prompt(&mut self, text: String) -> bool {
+        match self {
+            ConsoleOutput::Terminal(p) => text.is_empty() || p.print(text).is_ok(),
+            ConsoleOutput::Stdout => false,
+        }
+    }
+
     fn line(&mut self, s: &str) {
         if let ConsoleOutput::Terminal(p) = self {
             if p.print(format!("{s}\n")).is_ok() {
@@ -124,7 +133,7 @@ pub struct PeerConfig {
     pub swarm: SwarmConfig,
     /// Do not print a line per chunk received.
     pub quiet_chunks: bool,
-    /// Draw progress bars when stdout is a terminal the line editor does not own.
+    /// Draw progress bars when stdout is a terminal.
     pub progress_bars: bool,
     /// Seeds the endpoint's and the swarms' random choices.
     pub seed: u64,
@@ -220,6 +229,8 @@ pub struct PeerLoop {
     /// Downloads by file, for the console's lines and summaries.
     downloads: BTreeMap<Digest32, Download>,
     bars: Bars,
+    /// Bars above the line editor's prompt (when it owns the terminal).
+    prompt_bars: Option<PromptBars>,
     inputs: Receiver<LoopInput>,
     input_tx: Sender<LoopInput>,
     out: ConsoleOutput,
@@ -281,6 +292,7 @@ impl PeerLoop {
             node: Node::new(config.node.clone()),
             downloads: BTreeMap::new(),
             bars,
+            prompt_bars: None,
             inputs,
             input_tx,
             out: ConsoleOutput::Stdout,
@@ -310,13 +322,33 @@ impl PeerLoop {
     }
 
     fn say(&mut self, line: impl AsRef<str>) {
-        if !self.bars.println(line.as_ref()) {
-            self.out.line(line.as_ref());
+        if self.bars.println(line.as_ref()) || self.say_above_bars(Some(line.as_ref())) {
+            return;
         }
+        self.out.line(line.as_ref());
     }
 
     fn error(&mut self, line: impl fmt::Display) {
-        self.out.line(&format!("error: {line}"));
+        self.say(format!("error: {line}"));
+    }
+
+    /// With the line editor owning the terminal and bars on: prints `line`
+    /// (or only redraws the bars) above the prompt, the bars pinned below
+    /// it. False when bars are not drawn that way.
+    fn say_above_bars(&mut self, line: Option<&str>) -> bool {
+        let Some(prompt_bars) = &mut self.prompt_bars else {
+            return false;
+        };
+        let now = Instant::now();
+        let width = progress::terminal_width();
+        let bars: Vec<String> = self
+            .downloads
+            .values()
+            .filter(|d| !d.done)
+            .map(|d| progress::bar_line(d, now, width))
+            .collect();
+        let text = prompt_bars.compose(now, line, &bars);
+        self.out.above_prompt(text)
     }
 
     /// When the loop must wake at the latest: the tracker client's timers,
@@ -413,6 +445,8 @@ impl PeerLoop {
                 }
                 if !self.config.quiet_chunks {
                     self.say(progress::chunk_line(index, chunk_count, from));
+                } else if self.prompt_bars.as_ref().is_some_and(|p| p.due(now)) {
+                    self.say_above_bars(None);
                 }
             }
             NodeEvent::BadChunk { file, index, from } => {
@@ -426,9 +460,10 @@ impl PeerLoop {
                 ));
             }
             NodeEvent::UploadDone { file } => {
-                let (name, count) = self.name_of(&file);
+                let (name, chunks) = self.name_of(&file);
                 self.say(format!(
-                    "upload {name}: all {count} chunks handed out; still serving as the source of last resort"
+                    "upload {name}: all {} handed out; still serving as the source of last resort",
+                    count(chunks, "chunk")
                 ));
             }
             NodeEvent::Complete { file, path } => self.completed(now, &file, &path),
@@ -438,9 +473,15 @@ impl PeerLoop {
                     d.finish();
                 }
                 let dir = self.config.dir.display().to_string();
-                self.error(format_args!(
-                    "{name}: the download stopped: {reason}; free the disk or fix {dir} and run register-group {name} again after a restart"
-                ));
+                if self.node.swarm(&file).is_some_and(|s| s.is_owner()) {
+                    self.error(format_args!(
+                        "{name}: stopped sharing it: {reason}; restore the file, or restart this peer and register-peer {name} again to share what is there now"
+                    ));
+                } else {
+                    self.error(format_args!(
+                        "{name}: the download stopped: {reason}; free the disk or fix {dir} and run register-group {name} again after a restart"
+                    ));
+                }
             }
             NodeEvent::NeighbourUp { peer } => debug!("neighbour {peer} up"),
             NodeEvent::NeighbourDown { peer, why } => info!("neighbour {peer} down: {why}"),
@@ -472,6 +513,7 @@ impl PeerLoop {
             sha256: &m.file_hash,
             elapsed: d.elapsed(now),
             bytes: d.bytes,
+            rate_bytes: d.rate_bytes(),
             resumed: d.resumed,
             sources: &swarm.stats().received_from,
             owner,
@@ -718,9 +760,12 @@ impl PeerLoop {
                     self.stop = true;
                 }
                 LoopInput::Printer(p) => {
-                    // The line editor owns the terminal now: no bars.
+                    // The line editor owns the terminal now: bars above its prompt.
                     self.bars.disable();
                     self.out = ConsoleOutput::Terminal(p);
+                    if self.config.progress_bars && io::stdout().is_terminal() {
+                        self.prompt_bars = Some(PromptBars::default());
+                    }
                 }
                 LoopInput::Hashed { name, result } => self.hashed(name, result),
                 // Do not make the user wait for a long hash to finish.
@@ -969,8 +1014,8 @@ impl PeerLoop {
                 self.uploading.insert(name.clone());
                 let members: Vec<String> = group.members.iter().map(|m| m.to_string()).collect();
                 self.say(format!(
-                    "upload {name}: sending {} chunks to {}: {}",
-                    group.manifest.chunk_count(),
+                    "upload {name}: sending {} to {}: {}",
+                    count(group.manifest.chunk_count(), "chunk"),
                     count(members.len(), "member"),
                     members.join(", ")
                 ));
@@ -1114,10 +1159,11 @@ impl PeerLoop {
                 .swarm(&m.file_hash)
                 .map_or(0, |s| s.stats().uploaded_to.values().sum());
             lines.push(format!(
-                "sharing: {name} ({} bytes, {} chunks, {}; {uploaded} chunks sent)",
-                m.size,
-                m.chunk_count(),
-                count(members, "member")
+                "sharing: {name} ({}, {}, {}; {} sent)",
+                count(m.size, "byte"),
+                count(m.chunk_count(), "chunk"),
+                count(members, "member"),
+                count(uploaded, "chunk")
             ));
             lines.extend(self.neighbour_line(&m.file_hash));
         }
@@ -1186,9 +1232,9 @@ impl PeerLoop {
             TrackerEvent::Registered { req, name } => match self.pending.remove(&req) {
                 Some(Pending::RegisterPeer(m)) => {
                     self.say(format!(
-                        "registered {name}: {} bytes, {} chunks, sha256 {}",
-                        m.size,
-                        m.chunk_count(),
+                        "registered {name}: {}, {}, sha256 {}",
+                        count(m.size, "byte"),
+                        count(m.chunk_count(), "chunk"),
                         hex(&m.file_hash)
                     ));
                     self.share(&m);
@@ -1212,8 +1258,12 @@ impl PeerLoop {
                         ""
                     };
                     lines.push(format!(
-                        "  {}  {} bytes  {} chunks  owner {}{mine}  group {}",
-                        f.name, f.size, f.chunk_count, f.owner, f.group_size
+                        "  {}  {}  {}  owner {}{mine}  group {}",
+                        f.name,
+                        count(f.size, "byte"),
+                        count(f.chunk_count, "chunk"),
+                        f.owner,
+                        f.group_size
                     ));
                 }
                 for line in lines {
@@ -1257,9 +1307,9 @@ impl PeerLoop {
                         let members: Vec<String> =
                             view.members.iter().map(|m| m.id.to_string()).collect();
                         self.say(format!(
-                            "joined the group of {name}: owner {}, {} chunks, members: {}",
+                            "joined the group of {name}: owner {}, {}, members: {}",
                             view.owner,
-                            view.manifest.chunk_count(),
+                            count(view.manifest.chunk_count(), "chunk"),
                             members.join(", ")
                         ));
                         self.joined.insert(name, view.clone());
@@ -1320,7 +1370,11 @@ impl PeerLoop {
     /// tracker on the LAN): nothing would ever reach this peer.
     fn check_reachable(&mut self, advertised: SocketAddr) {
         let local = self.driver.local_addr().ip();
-        if local.is_unspecified() || local == advertised.ip() || self.config.advertise.is_some() {
+        let same_family = local.is_ipv4() == advertised.is_ipv4();
+        if (local.is_unspecified() && same_family)
+            || local == advertised.ip()
+            || self.config.advertise.is_some()
+        {
             return;
         }
         let seen = advertised.ip();
@@ -1422,7 +1476,8 @@ impl PeerLoop {
 }
 
 /// "1 member", "2 members".
-fn count(n: usize, what: &str) -> String {
+fn count(n: impl TryInto<u64>, what: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
     if n == 1 {
         format!("1 {what}")
     } else {

@@ -44,6 +44,9 @@ pub struct Summary<'a> {
     pub elapsed: Duration,
     /// Bytes received in this run.
     pub bytes: u64,
+    /// Bytes received after the first chunk (the clock starts with it, so
+    /// the rate counts only what came after).
+    pub rate_bytes: u64,
     /// Chunks found in the `.part` file at start.
     pub resumed: u32,
     /// Verified chunks received, by source.
@@ -63,9 +66,13 @@ impl Summary<'_> {
                 hex(self.sha256)
             ),
             format!(
-                "  time {:.2} s, {}",
+                "  time {:.2} s from the first chunk, {}",
                 self.elapsed.as_secs_f64(),
-                rate(self.bytes, self.elapsed)
+                if self.rate_bytes > 0 && self.elapsed >= Duration::from_millis(1) {
+                    rate(self.rate_bytes, self.elapsed)
+                } else {
+                    "too short to measure a rate".to_string()
+                }
             ),
         ];
         if self.resumed > 0 {
@@ -97,6 +104,8 @@ pub struct Download {
     pub resumed: u32,
     pub first_chunk: Option<Instant>,
     pub bytes: u64,
+    /// Size of the first chunk of this run (the clock starts when it arrives).
+    first_len: u64,
     pub received: u32,
     pub done: bool,
     bar: Option<ProgressBar>,
@@ -112,6 +121,7 @@ impl Download {
             resumed,
             first_chunk: None,
             bytes: 0,
+            first_len: 0,
             received: 0,
             done: false,
             bar: None,
@@ -120,12 +130,20 @@ impl Download {
 
     /// A chunk of `len` bytes arrived at `now`.
     pub fn on_chunk(&mut self, now: Instant, len: u64) {
-        self.first_chunk.get_or_insert(now);
+        if self.first_chunk.is_none() {
+            self.first_chunk = Some(now);
+            self.first_len = len;
+        }
         self.bytes += len;
         self.received += 1;
         if let Some(bar) = &self.bar {
             bar.inc(len);
         }
+    }
+
+    /// Bytes received since the clock started (after the first chunk).
+    pub fn rate_bytes(&self) -> u64 {
+        self.bytes - self.first_len
     }
 
     pub fn elapsed(&self, now: Instant) -> Duration {
@@ -141,9 +159,9 @@ impl Download {
     }
 }
 
-/// Progress bars on stdout, or nothing when stdout is not a terminal (or
-/// the line editor owns it: rustyline redraws its prompt on the same line
-/// and the two would fight, so the prompt wins and `status` shows progress).
+/// indicatif progress bars on stdout, or nothing when stdout is not a
+/// terminal. When the line editor owns the terminal these are off (its
+/// prompt and indicatif's redraws would fight) and [`PromptBars`] draws.
 pub struct Bars {
     multi: Option<MultiProgress>,
     /// The bars drawn (handles; finished ones are pruned).
@@ -199,6 +217,99 @@ impl Bars {
     }
 }
 
+/// Progress bars for a console whose terminal the line editor owns.
+///
+/// The editor redraws its prompt on the last line, so bars cannot be drawn
+/// by indicatif's own terminal handling there. Instead every print above the
+/// prompt (through the editor's external printer, which clears the prompt,
+/// writes the text and redraws it) first erases the bar lines left directly
+/// above the prompt, writes the new line, and draws the bars again: the bars
+/// stay pinned above the prompt and the per-chunk lines scroll above them.
+#[derive(Debug, Default)]
+pub struct PromptBars {
+    /// Bar lines directly above the prompt now.
+    on_screen: usize,
+    last_draw: Option<Instant>,
+}
+
+/// Cursor one line up, clear that line, back to its first column.
+const ERASE_LINE_ABOVE: &str = "\x1b[1A\x1b[2K\r";
+
+impl PromptBars {
+    /// Bars alone (no line to print) are redrawn at most this often.
+    pub const REDRAW_EVERY: Duration = Duration::from_millis(250);
+
+    /// The text of one print above the prompt: the old bars erased, `line`
+    /// (if any), then `bars`, one per line. Empty when there is nothing to
+    /// erase, print or draw.
+    pub fn compose(&mut self, now: Instant, line: Option<&str>, bars: &[String]) -> String {
+        let mut out = ERASE_LINE_ABOVE.repeat(self.on_screen);
+        if let Some(line) = line {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for bar in bars {
+            out.push_str(bar);
+            out.push('\n');
+        }
+        self.on_screen = bars.len();
+        self.last_draw = Some(now);
+        out
+    }
+
+    /// Whether a redraw of the bars alone is due.
+    pub fn due(&self, now: Instant) -> bool {
+        self.last_draw
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::REDRAW_EVERY)
+    }
+}
+
+/// Columns of the terminal on stdout (80 when it cannot be told).
+pub fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills the winsize it is given and nothing else;
+    // on failure it is left zeroed and the default is used.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    }
+}
+
+/// One download's bar as a line of at most `width - 1` characters:
+/// `movie.mp4 [=========>          ] 2.00 MiB/4.00 MiB 3.10 MiB/s`.
+pub fn bar_line(d: &Download, now: Instant, width: usize) -> String {
+    use indicatif::{BinaryBytes, HumanCount};
+    const CELLS: usize = 24;
+    let resumed = u64::from(d.resumed) * u64::from(crate::manifest::CHUNK_SIZE);
+    let held = resumed.saturating_add(d.bytes).min(d.size);
+    let filled = if d.size == 0 {
+        CELLS
+    } else {
+        (held as u128 * CELLS as u128 / d.size as u128) as usize
+    };
+    let mut cells = "=".repeat(filled);
+    if filled < CELLS {
+        cells.push('>');
+        cells.push_str(&" ".repeat(CELLS - filled - 1));
+    }
+    let secs = d.elapsed(now).as_secs_f64();
+    let speed = if secs >= 0.2 {
+        format!(" {}/s", BinaryBytes((d.rate_bytes() as f64 / secs) as u64))
+    } else {
+        String::new()
+    };
+    let line = format!(
+        "{} [{cells}] {}/{} {} chunks{speed}",
+        d.name,
+        BinaryBytes(held),
+        BinaryBytes(d.size),
+        HumanCount(u64::from(d.resumed + d.received)),
+    );
+    line.chars().take(width.saturating_sub(1).max(20)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +341,7 @@ mod tests {
             sha256: &[0xab; 32],
             elapsed: Duration::from_millis(500),
             bytes: 800_000,
+            rate_bytes: 800_000,
             resumed: 0,
             sources: &sources,
             owner: Some(a(1)),
@@ -243,5 +355,57 @@ mod tests {
         for l in &lines {
             assert!(crate::demo::parse_chunk_line(l).is_none(), "{l}");
         }
+    }
+
+    fn download(size: u64) -> Download {
+        Download::new("movie.mp4".into(), [7; 32], 4, size, 0)
+    }
+
+    #[test]
+    fn bar_line_shows_held_bytes_and_fits_the_width() {
+        let t0 = Instant::now();
+        let mut d = download(409_600);
+        d.on_chunk(t0, 102_400);
+        assert!(
+            !bar_line(&d, t0, 200).contains("/s"),
+            "no rate from one chunk"
+        );
+        d.on_chunk(t0 + Duration::from_secs(1), 102_400);
+        let line = bar_line(&d, t0 + Duration::from_secs(1), 200);
+        assert!(line.contains(" 100.00 KiB/s"), "{line}");
+        assert!(line.starts_with("movie.mp4 [============>"), "{line}");
+        assert!(line.contains("200.00 KiB/400.00 KiB"), "{line}");
+        assert!(line.contains("2 chunks"), "{line}");
+        assert!(line.contains("/s"), "{line}");
+        assert_eq!(bar_line(&d, t0, 30).chars().count(), 29);
+        assert!(crate::demo::parse_chunk_line(&line).is_none(), "{line}");
+    }
+
+    #[test]
+    fn a_complete_or_empty_download_is_a_full_bar() {
+        let d = download(0);
+        assert!(bar_line(&d, Instant::now(), 200).contains(&format!("[{}]", "=".repeat(24))));
+    }
+
+    #[test]
+    fn prompt_bars_erase_what_they_drew_and_keep_lines_above() {
+        let t0 = Instant::now();
+        let mut p = PromptBars::default();
+        assert!(p.due(t0));
+        let bars = vec!["a [>  ]".to_string(), "b [=> ]".to_string()];
+        assert_eq!(
+            p.compose(t0, Some("chunk 1/4 from 10.0.0.3:1"), &bars),
+            "chunk 1/4 from 10.0.0.3:1\na [>  ]\nb [=> ]\n"
+        );
+        assert!(!p.due(t0 + Duration::from_millis(10)));
+        let again = p.compose(t0, None, &bars[..1]);
+        assert_eq!(again, format!("{0}{0}a [>  ]\n", ERASE_LINE_ABOVE));
+        // The last bar gone: erase it, print the line, draw nothing.
+        assert_eq!(
+            p.compose(t0, Some("done"), &[]),
+            format!("{ERASE_LINE_ABOVE}done\n")
+        );
+        assert_eq!(p.compose(t0, None, &[]), "");
+        assert!(p.due(t0 + PromptBars::REDRAW_EVERY));
     }
 }

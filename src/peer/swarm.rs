@@ -327,6 +327,9 @@ pub struct Swarm {
     fallback_at: Option<Instant>,
     complete: bool,
     failed: bool,
+    /// A chunk read for serving did not match the manifest (the file
+    /// changed on disk): nothing more is served from this store.
+    serving_stopped: bool,
     actions: VecDeque<Action>,
     stats: SwarmStats,
 }
@@ -386,6 +389,7 @@ impl Swarm {
             fallback_at: None,
             complete: false,
             failed: false,
+            serving_stopped: false,
             actions: VecDeque::new(),
             stats: SwarmStats::default(),
         };
@@ -696,6 +700,9 @@ impl Swarm {
         // The owner serves nothing before its `upload`, and its first copies
         // go before any request: every chunk must leave it once, and its
         // upload is the scarcest early on.
+        if self.serving_stopped {
+            return None;
+        }
         let pushing = self.owner_holds_requests();
         let n = self.neighbours.get_mut(&peer)?;
         let queued = match rarest_queued(&n.serve_queue, &self.picker) {
@@ -731,6 +738,18 @@ impl Swarm {
                 return None;
             }
         };
+        // Never send what the manifest does not vouch for (an owner's file
+        // edited after register-peer): the receiver would throw it away
+        // and ask again, for ever.
+        if !self.manifest.verify_chunk(index, &data) {
+            self.serving_stopped = true;
+            self.fail(format!(
+                "chunk {} of {} on disk no longer matches the SHA-256 taken when it was registered (the file changed on disk); no longer serving it",
+                u64::from(index) + 1,
+                self.manifest.chunk_count()
+            ));
+            return None;
+        }
         n.served.set(index);
         if self.config.corrupt_uploads {
             if let Some(b) = data.first_mut() {
@@ -747,6 +766,9 @@ impl Swarm {
     /// `peer` asked for. A driver whose upload is capped serves the
     /// connection with the lowest rank, so the rarest chunks spread first.
     pub fn upload_rank(&self, peer: SocketAddr) -> Option<u32> {
+        if self.serving_stopped {
+            return None;
+        }
         let n = self.neighbours.get(&peer)?;
         if self.owner_holds_requests() {
             let q = self.push_queues.get(&peer)?;
@@ -1349,6 +1371,38 @@ mod tests {
             got,
             vec![(addr(2), 0), (addr(3), 1), (addr(2), 2), (addr(3), 3)]
         );
+    }
+
+    #[test]
+    fn an_owner_whose_file_changed_on_disk_stops_serving_and_says_why() {
+        let now = Instant::now();
+        let (m, mut data) = file();
+        data[150_000] ^= 1; // chunk #2 edited after the manifest was taken
+        let store = MemoryStore::with_file(&m, &data);
+        let full = ChunkBitmap::full(m.chunk_count());
+        let cfg = SwarmConfig::default();
+        let mut o = Swarm::new(now, m.clone(), addr(1), Box::new(store), full, cfg, 1);
+        o.on_group(now, Some(addr(1)), &[addr(2)]);
+        o.start_upload(now).unwrap();
+        o.on_neighbour_up(now, addr(2));
+        drain(&mut o);
+        let sent: Vec<ChunkIndex> = std::iter::from_fn(|| o.poll_upload(addr(2)))
+            .filter_map(|msg| match msg.body {
+                Body::Chunk { index, data } => {
+                    assert!(m.verify_chunk(index, &data));
+                    Some(index)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![0], "the chunk before the edited one only");
+        let acts = drain(&mut o);
+        assert!(
+            matches!(&acts[..], [Action::StorageFailed(why)] if why.contains("chunk 2 of 4") && why.contains("changed on disk")),
+            "{acts:?}"
+        );
+        assert_eq!(o.upload_rank(addr(2)), None);
+        assert!(o.poll_upload(addr(2)).is_none());
     }
 
     fn requests_in(acts: &[Action]) -> Vec<(SocketAddr, ChunkIndex)> {
