@@ -9,11 +9,14 @@
 
 use chunkswarm::cli::parse_size;
 use chunkswarm::rng::Rng;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const LIMIT_KB: u64 = 64 * 1000;
 const FILE: &str = "big.bin";
@@ -31,16 +34,8 @@ impl Proc {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        let out = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        support::forward_lines(child.stdout.take().expect("stdout"), "", tx);
         Proc { child, rx }
     }
 

@@ -4,6 +4,8 @@
 
 use std::process::{Command, Output, Stdio};
 
+mod support;
+
 fn run(exe: &str, args: &[&str]) -> Output {
     Command::new(exe)
         .args(args)
@@ -117,15 +119,7 @@ fn bad_arguments_are_one_error_line_and_a_failure() {
     ];
     for (exe, args, needle) in cases {
         let out = run(exe, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{exe} {args:?} succeeded");
-        assert!(!stderr.contains("panicked"), "{exe} {args:?}: {stderr}");
-        let first = stderr.lines().next().unwrap_or_default();
-        assert!(first.starts_with("error: "), "{exe} {args:?}: {stderr}");
-        assert!(
-            first.contains(needle),
-            "{exe} {args:?}: {first:?} lacks {needle:?}"
-        );
+        support::assert_one_error_line(&out, needle, &format!("{exe} {args:?}"));
     }
 }
 

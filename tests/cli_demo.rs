@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 fn demo() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo"));
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_peer"))
@@ -25,15 +27,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn one_error_line(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let first = stderr.lines().next().unwrap_or_default();
-    assert!(first.starts_with("error: "), "{stderr}");
-    assert!(
-        first.contains(needle),
-        "{first:?} should mention {needle:?}"
-    );
+    support::assert_one_error_line(out, needle, "demo");
 }
 
 #[test]

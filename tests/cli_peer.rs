@@ -3,12 +3,14 @@
 //! never answers. Waits are bounded only so that a bug fails instead of
 //! hanging; nothing here asserts how fast anything is.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
+
+mod support;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -47,16 +49,7 @@ impl Running {
     ) -> Running {
         let (tx, out) = mpsc::channel();
         for stream in streams {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                // A terminal turns "\n" into "\r\n" (and the line editor adds escapes).
-                for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
-                    let line = String::from_utf8_lossy(&line);
-                    if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
-                        break;
-                    }
-                }
-            });
+            support::forward_lines(stream, "", tx.clone());
         }
         Running {
             name,

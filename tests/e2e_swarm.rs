@@ -12,11 +12,13 @@ use chunkswarm::demo::parse_chunk_line;
 use chunkswarm::manifest::{hex, sha256, CHUNK_SIZE};
 use chunkswarm::rng::Rng;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
+
+mod support;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Tracker heartbeat: a killed peer leaves its group within 2.5 of these.
@@ -41,22 +43,8 @@ impl Proc {
             .spawn()
             .expect("spawn");
         let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        for (stream, tag) in [
-            (Box::new(out) as Box<dyn std::io::Read + Send>, ""),
-            (Box::new(err), "[stderr] "),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(format!("{tag}{line}")).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        support::forward_lines(child.stdout.take().expect("stdout"), "", tx.clone());
+        support::forward_lines(child.stderr.take().expect("stderr"), "[stderr] ", tx);
         Proc {
             name: name.to_string(),
             stdin: child.stdin.take(),

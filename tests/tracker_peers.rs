@@ -6,12 +6,14 @@
 //! Waits are bounded (`WAIT`) only so that a bug fails the test instead of
 //! hanging it; nothing here asserts how fast anything is.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+mod support;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -37,16 +39,8 @@ impl Proc {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        support::forward_lines(child.stdout.take().expect("stdout"), "", tx);
         Proc {
             stdin: child.stdin.take(),
             child,
