@@ -11,8 +11,8 @@ use chunkswarm::cli::parse_size;
 use chunkswarm::rng::Rng;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Child, Command};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/support/mod.rs"]
@@ -28,14 +28,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let (tx, rx) = mpsc::channel();
-        support::forward_lines(child.stdout.take().expect("stdout"), "", tx);
+        let (child, rx) = support::spawn_with_lines(&mut cmd, false);
         Proc { child, rx }
     }
 

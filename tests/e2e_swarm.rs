@@ -14,8 +14,8 @@ use chunkswarm::rng::Rng;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Child, ChildStdin, Command};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 mod support;
@@ -36,15 +36,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let (tx, rx) = mpsc::channel();
-        support::forward_lines(child.stdout.take().expect("stdout"), "", tx.clone());
-        support::forward_lines(child.stderr.take().expect("stderr"), "[stderr] ", tx);
+        let (mut child, rx) = support::spawn_with_lines(&mut cmd, true);
         Proc {
             name: name.to_string(),
             stdin: child.stdin.take(),

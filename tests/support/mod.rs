@@ -4,8 +4,31 @@
 #![allow(dead_code)] // each crate uses its own part of it
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::Output;
-use std::sync::mpsc::Sender;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, Sender};
+
+/// Starts `cmd` with its stdin a pipe and its output as a channel of
+/// lines: stdout, and with `with_stderr` stderr too (tagged `[stderr] `;
+/// otherwise it is discarded).
+pub fn spawn_with_lines(cmd: &mut Command, with_stderr: bool) -> (Child, Receiver<String>) {
+    let stderr = if with_stderr {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn");
+    let (tx, rx) = mpsc::channel();
+    if let Some(err) = child.stderr.take() {
+        forward_lines(err, "[stderr] ", tx.clone());
+    }
+    forward_lines(child.stdout.take().expect("stdout"), "", tx);
+    (child, rx)
+}
 
 /// Forwards every line of `stream` to `tx`, with `tag` in front, on a
 /// thread of its own, until the stream ends or nobody listens. A line may
