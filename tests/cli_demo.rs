@@ -198,3 +198,34 @@ fn sigkill_of_the_demo_takes_its_processes_along() {
     wait_gone(work.to_str().expect("utf-8 path"), Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// With every upload capped, the demo prints its distribution time beside
+/// the P2P lower bound and the client-server time (1+2 peers, 1 MB at
+/// 2 MB/s: bound max(0.5, 1/3) s, client-server 1 s).
+#[test]
+fn a_capped_demo_prints_the_bounds() {
+    let work = scratch("bounds");
+    let out = run(&[
+        "-q",
+        "--peers",
+        "3",
+        "--size",
+        "1MB",
+        "--max-upload",
+        "2MB/s",
+        "--work-dir",
+        work.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("every upload capped at 2.00 MB/s"))
+        .unwrap_or_else(|| panic!("no bounds line:\n{stdout}"));
+    assert!(
+        line.contains("P2P lower bound max(F/u_s, N·F/(u_s+Σu_i)) 0.50s"),
+        "{line}"
+    );
+    assert!(line.contains("client-server N·F/u_s 1.00s"), "{line}");
+    assert!(line.contains("x the P2P lower bound"), "{line}");
+}

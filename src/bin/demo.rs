@@ -173,6 +173,9 @@ fn main() {
         Ok(report) => {
             println!();
             print!("{}", report.table());
+            if let Some(rate) = args.max_upload {
+                print_bounds(&report, rate);
+            }
             kept();
             std::process::exit(if report.all_verified() { 0 } else { 1 });
         }
@@ -182,4 +185,33 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// With every upload capped at `rate` bytes/s: the distribution time beside
+/// the P2P lower bound max(F/u_s, N·F/(u_s + Σu_i)) and the client-server
+/// time N·F/u_s.
+fn print_bounds(report: &demo::DemoReport, rate: u64) {
+    use chunkswarm::lab::{swarm, units::Rate};
+    let u = Rate::from_bits_per_sec(rate.saturating_mul(8));
+    let n = report.clients.len();
+    let (Some(bound), Some(cs)) = (
+        swarm::p2p_lower_bound(report.size, u, &vec![u; n]),
+        swarm::client_server_time(n, report.size, u),
+    ) else {
+        return;
+    };
+    let measured = match report.distribution_time {
+        Some(d) if report.all_verified() => format!(
+            "{:.2}s = {:.2} x the P2P lower bound",
+            d.as_secs_f64(),
+            d.as_secs_f64() / bound.as_secs_f64().max(1e-9)
+        ),
+        _ => "incomplete".to_string(),
+    };
+    println!(
+        "every upload capped at {}: P2P lower bound max(F/u_s, N·F/(u_s+Σu_i)) {:.2}s, client-server N·F/u_s {:.2}s; measured {measured}",
+        chunkswarm::peer::progress::rate(rate, std::time::Duration::from_secs(1)),
+        bound.as_secs_f64(),
+        cs.as_secs_f64(),
+    );
 }
