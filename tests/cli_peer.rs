@@ -482,6 +482,16 @@ fn a_terminal_console_runs_pasted_commands_and_draws_a_bar_above_the_prompt() {
         return;
     };
     b.wait_for(" online: tracker");
+    // A terminal's bracketed paste of two lines: two commands, not one
+    // command with a newline in it.
+    b.write(b"\x1b[200~list\nnot-a-command\x1b[201~\r");
+    b.wait_for("list: ");
+    b.wait_for("error: ");
+    assert!(
+        !b.log.iter().any(|l| l.contains("control characters")),
+        "{:?}",
+        b.log
+    );
     share_join_upload(&mut a, &mut b, "f.bin");
     b.printed("complete f.bin");
     let bar = b

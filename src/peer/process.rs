@@ -1545,12 +1545,15 @@ fn read_terminal(sender: &LoopSender) -> rustyline::Result<()> {
     }
     loop {
         match editor.readline("chunkswarm> ") {
-            Ok(line) => {
-                if !line.trim().is_empty() {
-                    let _ = editor.add_history_entry(line.as_str());
-                }
-                if !send_line(sender, &line) {
-                    return Ok(());
+            // A paste of several lines arrives as one: each is a command.
+            Ok(pasted) => {
+                for line in pasted.lines() {
+                    if !line.trim().is_empty() {
+                        let _ = editor.add_history_entry(line);
+                    }
+                    if !send_line(sender, line) {
+                        return Ok(());
+                    }
                 }
             }
             Err(ReadlineError::Interrupted) => {
