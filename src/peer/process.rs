@@ -512,7 +512,6 @@ impl PeerLoop {
             chunk_count: m.chunk_count(),
             sha256: &m.file_hash,
             elapsed: d.elapsed(now),
-            bytes: d.bytes,
             rate_bytes: d.rate_bytes(),
             resumed: d.resumed,
             sources: &swarm.stats().received_from,

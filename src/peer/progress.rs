@@ -42,8 +42,6 @@ pub struct Summary<'a> {
     pub sha256: &'a Digest32,
     /// From the first chunk of this run to the verified file.
     pub elapsed: Duration,
-    /// Bytes received in this run.
-    pub bytes: u64,
     /// Bytes received after the first chunk (the clock starts with it, so
     /// the rate counts only what came after).
     pub rate_bytes: u64,
@@ -340,7 +338,6 @@ mod tests {
             chunk_count: 8,
             sha256: &[0xab; 32],
             elapsed: Duration::from_millis(500),
-            bytes: 800_000,
             rate_bytes: 800_000,
             resumed: 0,
             sources: &sources,
