@@ -68,6 +68,11 @@ const PROBES_PER_PTO: u32 = 2;
 const MAX_PIGGYBACK_ACK: usize = 256;
 /// Room kept for MAX_DATA, ACCEPT and CLOSE frames when sizing a piggybacked ACK.
 const CONTROL_RESERVE: usize = packet::MAX_DATA_LEN + packet::ACCEPT_LEN + packet::CLOSE_LEN;
+/// Packet-number bytes of an ack-eliciting packet, at least: its fragments,
+/// if lost, must fit whole in the packet that resends them, whose number
+/// is larger (a 1-byte number would leave room a 2-byte one lacks, and the
+/// resend would split off a tiny fragment). ACK-only packets are never resent.
+const MIN_DATA_PN_LEN: usize = 2;
 /// INITIAL resends back off up to 2^this × PTO.
 const MAX_HANDSHAKE_BACKOFF_EXP: u32 = 2;
 /// Handshake retries answered by RETRY before giving up.
@@ -1161,7 +1166,7 @@ impl Connection {
         buf: &mut Vec<u8>,
     ) -> Option<usize> {
         let pn = self.next_pn;
-        packet::start_data_packet(buf, dcid, pn, self.largest_acked);
+        packet::start_data_packet(buf, dcid, pn, self.largest_acked, 1);
         let space = self.max_payload - buf.len() - packet::CRC_LEN;
         if !self.write_ack_frame(now, buf, space) {
             self.ack_now = false;
@@ -1174,7 +1179,8 @@ impl Connection {
 
     fn write_data_packet(&mut self, now: Instant, dcid: ConnectionId, buf: &mut Vec<u8>) -> usize {
         let pn = self.next_pn;
-        let header_len = packet::start_data_packet(buf, dcid, pn, self.largest_acked);
+        let header_len =
+            packet::start_data_packet(buf, dcid, pn, self.largest_acked, MIN_DATA_PN_LEN);
         let limit = self.max_payload - packet::CRC_LEN;
         if self.unacked_eliciting > 0 || self.ack_now {
             // Piggyback an ACK, but never so large that the first queued

@@ -688,15 +688,17 @@ pub fn finish_packet(buf: &mut Vec<u8>) {
 
 /// Starts a DATA packet in `buf` (cleared first): packet number `pn`,
 /// truncated to what the peer can restore given that it has acknowledged
-/// up to `largest_acked`. Finish with [`finish_data_packet`]. Returns the
-/// header's length.
+/// up to `largest_acked`, but to no fewer than `min_pn_len` bytes. Finish
+/// with [`finish_data_packet`]. Returns the header's length.
 pub fn start_data_packet(
     buf: &mut Vec<u8>,
     dcid: ConnectionId,
     pn: u64,
     largest_acked: Option<u64>,
+    min_pn_len: usize,
 ) -> usize {
-    let t = pn::truncate(pn, pn::encoded_len(pn, largest_acked));
+    let len = pn::encoded_len(pn, largest_acked).max(min_pn_len);
+    let t = pn::truncate(pn, len);
     buf.clear();
     buf.push(first_byte::SHORT | (t.len as u8 - 1));
     buf.extend_from_slice(&dcid.to_be_bytes());
@@ -887,8 +889,10 @@ mod tests {
     #[test]
     fn data_packet_round_trips() {
         let mut b = Vec::new();
-        let hl = start_data_packet(&mut b, 0xdead_beef, 77, Some(70));
+        let hl = start_data_packet(&mut b, 0xdead_beef, 77, Some(70), 1);
         assert_eq!(hl, 6, "one byte of packet number");
+        assert_eq!(start_data_packet(&mut b, 1, 77, Some(70), 2), 7);
+        start_data_packet(&mut b, 0xdead_beef, 77, Some(70), 1);
         write_ping(&mut b);
         let ranges = vec![90..101, 50..60, 10..11, 0..5];
         assert!(write_ack(&mut b, 250, ranges.clone().into_iter(), 100));
@@ -952,7 +956,7 @@ mod tests {
     fn a_full_fragment_carries_1454_bytes() {
         let msg = vec![9u8; 100 * 1024];
         let mut b = Vec::new();
-        start_data_packet(&mut b, 1, 1000, Some(700)); // 300 unacked: 2 bytes of PN
+        start_data_packet(&mut b, 1, 1000, Some(700), 1); // 300 unacked: 2 bytes of PN
         let limit = 1472 - CRC_LEN;
         let h = head(false, 100, msg.len() as u64, 20_000);
         let n = h.fit(limit - b.len(), usize::MAX);
@@ -1081,7 +1085,7 @@ mod tests {
             assert_ne!(pn::decode(t, Some(10 * win + win / 2 + 1)), 10 * win);
         }
         let mut b = Vec::new();
-        start_data_packet(&mut b, 7, 70_000, Some(69_990));
+        start_data_packet(&mut b, 7, 70_000, Some(69_990), 1);
         finish_data_packet(&mut b, 70_000);
         let p = Packet::new_checked(&b[..]).unwrap();
         let t = p.truncated_pn().unwrap();
