@@ -6,8 +6,9 @@
 //!
 //! Run: `cargo bench --bench rudp_sim` (add `-- --quick` for shorter runs;
 //! `RUDP_SIM_SEED=N` changes the seed, 1 by default). `-- --fairness N` runs
-//! only the two-flow table, for N seeds from RUDP_SIM_SEED on, and prints the
-//! worst ratio.
+//! only the two-flow table, for N seeds from RUDP_SIM_SEED on, at 0, 1 and 5%
+//! loss (`--loss PCT` for one loss rate only), and prints the worst ratio.
+//! `RUDP_SIM_TRACE=1` prints each flow's progress every 500 ms to stderr.
 
 use chunkswarm::rng::Rng;
 use chunkswarm::rudp::impair::ImpairConfig;
@@ -59,6 +60,8 @@ struct Run {
 /// Runs `flows` bulk transfers for `secs` of virtual time; goodput counts
 /// bytes delivered to the receiving application after a warm-up of `warm`.
 fn run(cc: CcKind, loss: f64, nflows: usize, secs: u64, warm: u64, seed: u64) -> Run {
+    let trace = std::env::var_os("RUDP_SIM_TRACE").is_some();
+    let mut next_trace = Duration::ZERO;
     let mut sim = Sim::new(seed);
     let src_ip = "10.0.0.1".parse().unwrap();
     let dst_ip = "10.0.0.2".parse().unwrap();
@@ -102,6 +105,22 @@ fn run(cc: CcKind, loss: f64, nflows: usize, secs: u64, warm: u64, seed: u64) ->
             for (i, f) in flows.iter().enumerate() {
                 warm_marks[i] = f.delivered;
             }
+        }
+        if trace && sim.elapsed() >= next_trace {
+            next_trace += Duration::from_millis(500);
+            let mut line = format!("t={:5.1}", sim.elapsed().as_secs_f64());
+            for f in &flows {
+                if let Some(st) = f.handle.and_then(|h| sim.endpoint(f.from).stats(h)) {
+                    line += &format!(
+                        " | del {:7.1}MB cwnd {:6.0}kB pace {:5.1}Mb lost {:6}",
+                        f.delivered as f64 / 1e6,
+                        st.cwnd as f64 / 1e3,
+                        st.pacing_rate as f64 * 8.0 / 1e6,
+                        st.packets_lost
+                    );
+                }
+            }
+            eprintln!("{line}");
         }
         for f in flows.iter_mut() {
             let now = sim.now();
@@ -160,12 +179,12 @@ fn fairness(cc: CcKind, loss: f64, secs: u64, warm: u64, seed: u64) -> (f64, f64
     (x, y, x.min(y) / x.max(y).max(1e-9))
 }
 
-fn fairness_sweep(first: u64, seeds: u64, secs: u64, warm: u64) {
+fn fairness_sweep(first: u64, seeds: u64, secs: u64, warm: u64, losses: &[f64]) {
     println!("two bbr flows on one 100 Mbit/s, 40 ms RTT bottleneck, goodput from t={warm}s to t={secs}s");
     println!();
     println!("| loss | seed | flow 1 (Mbit/s) | flow 2 (Mbit/s) | ratio |");
     println!("|---|---|---|---|---|");
-    for loss in [0.0, 0.01] {
+    for &loss in losses {
         let mut worst = f64::MAX;
         for seed in first..first + seeds {
             let (x, y, ratio) = fairness(CcKind::Bbr, loss, secs, warm, seed);
@@ -192,7 +211,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--fairness") {
         let seeds = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(10);
-        fairness_sweep(seed, seeds, secs, warm);
+        let losses: Vec<f64> = match args.iter().position(|a| a == "--loss") {
+            Some(j) => args
+                .get(j + 1)
+                .and_then(|p| p.parse::<f64>().ok())
+                .map(|p| vec![p / 100.0])
+                .unwrap_or_default(),
+            None => vec![0.0, 0.01, 0.05],
+        };
+        fairness_sweep(seed, seeds, secs, warm, &losses);
         return;
     }
     println!("rudp on a simulated 100 Mbit/s path (counting {FRAME_OVERHEAD} header bytes per datagram: 97.2 Mbit/s of UDP payload), 40 ms RTT, one-BDP (500 kB) drop-tail queue, loss in both directions");

@@ -73,6 +73,7 @@ fn bad_arguments_are_one_error_line_and_a_failure() {
     );
     let cases: &[(&str, &[&str], &str)] = &[
         (tracker, &["99999"], "99999"),
+        (tracker, &["5150", "--port", "5151"], "--port"),
         (tracker, &["--bind", "1.2.3"], "--bind"),
         (tracker, &["--heartbeat-ms", "0"], "--heartbeat-ms"),
         (peer, &["127.0.0.1"], "required arguments"),

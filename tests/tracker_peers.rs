@@ -114,6 +114,8 @@ fn start_tracker(heartbeat_ms: u64) -> (Proc, u16) {
         "127.0.0.1",
         "--heartbeat-ms",
         &heartbeat_ms.to_string(),
+        // `--port` here; the other suites give the port as the argument.
+        "--port",
         "0",
     ]);
     let mut t = Proc::spawn("tracker", cmd);

@@ -23,6 +23,9 @@ struct Args {
     /// TCP port to listen on; 0 picks a free one (the first line printed tells which).
     #[arg(default_value_t = 5150)]
     port: u16,
+    /// The same as the PORT argument, for those who type `--port` as with rudp-perf.
+    #[arg(long = "port", value_name = "PORT", conflicts_with = "port")]
+    port_flag: Option<u16>,
     /// Heartbeat interval in milliseconds: the tracker sends one to every peer
     /// this often, and drops a peer it has not heard from for 2.5 intervals.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
@@ -40,7 +43,7 @@ fn main() -> ExitCode {
     if let Err(e) = raise_fd_limit() {
         warn!("cannot raise the open-file limit: {e}");
     }
-    let addr = SocketAddr::new(args.bind, args.port);
+    let addr = SocketAddr::new(args.bind, args.port_flag.unwrap_or(args.port));
     let config = ServerConfig {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),

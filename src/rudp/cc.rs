@@ -7,12 +7,16 @@
 //! - [`Bbr`]: model-based, in the spirit of BBR (draft-cardwell-iccrg-bbr):
 //!   a windowed max of delivery-rate samples over 10 rounds (bottleneck
 //!   bandwidth), a 10-second min-RTT filter, a pacing-gain cycle, and a window
-//!   of about 2×BDP. Random loss is *not* congestion: a round counts as
-//!   congested only if its loss rate is over [`Bbr::LOSS_THRESH`] (BBRv2's 2%)
-//!   *and* even its smallest RTT sample is above [`Bbr::QUEUE_RTT_FACTOR`] ×
-//!   min RTT (a standing queue). A congested round cuts `inflight_hi` (as in
-//!   BBRv2), so a drop-tail queue overflow still backs the flow off. Pacing
-//!   is raised by the long-run loss rate so random loss does not idle the link.
+//!   of one BDP plus a fixed 128 KB. Random loss is *not* congestion: a round
+//!   counts as congested only if it lost more than the long-run random rate
+//!   explains (by [`Bbr::LOSS_THRESH`], BBRv2's 2%, plus a few binomial
+//!   standard deviations) *and*, outside Startup, even its smallest RTT
+//!   sample is above [`Bbr::QUEUE_RTT_FACTOR`] × min RTT (a queue). A
+//!   congested round cuts `inflight_hi` by [`Bbr::BETA`] (as in BBRv2), at
+//!   most once per round trip, and ends Startup; the bound then grows back
+//!   1, 2, 4, 8, … packets per round (BBRv3 ProbeBW_UP). So a drop-tail queue
+//!   overflow still backs the flow off. Pacing is raised by the long-run loss
+//!   rate so random loss does not idle the link.
 //! - [`DeliveryRateEstimator`][]: draft-cheng-iccrg-delivery-rate-estimation.
 //! - [`Pacer`][]: a token bucket releasing bytes at the controller's pacing rate.
 
@@ -185,6 +189,11 @@ pub struct Bbr {
     inflight_hi_growth_rounds: u32,
     /// Loss accounting for the current round.
     round_lost: u64,
+    /// Of those, bytes sent after the last cut of inflight_hi.
+    round_fresh_lost: u64,
+    /// When inflight_hi was last cut: losses of packets sent before it
+    /// are the cut's cause, not a sign that it fell short.
+    recovery_start: Option<Instant>,
     round_acked: u64,
     round_min_rtt: Duration,
     round_max_inflight: u64,
@@ -207,10 +216,15 @@ impl Bbr {
     /// 2/ln(2): the startup gain.
     pub const HIGH_GAIN: f64 = 2.885;
     /// ProbeBW window: CWND_GAIN × BDP plus [`Bbr::ADDITIVE_WINDOW`] plus
-    /// two send quanta. 1.5 rather than BBR's 2: with the pacing floor of
-    /// [`Bbr::pacing_rate`] the window is what is in flight, and 1.5 × BDP
-    /// plus 64 KB stays inside a one-BDP drop-tail queue.
-    pub const CWND_GAIN: f64 = 1.5;
+    /// two send quanta. 1 rather than BBR's 2: with the pacing floor of
+    /// [`Bbr::pacing_rate`] the window is what is in flight, and flows
+    /// sharing a bottleneck settle where each keeps its additive term in the
+    /// queue. Flow i then delivers A / (RTT − CWND_GAIN × min_rtt_i × e_i),
+    /// with e_i ≥ 1 its max filter's overestimate: the smaller the gain, the
+    /// less a flow's share depends on errors in its own estimates (with 1.5
+    /// and 64 KB, a few percent more max-filter noise in one flow left it
+    /// 20% ahead).
+    pub const CWND_GAIN: f64 = 1.0;
     /// Bytes every flow gets on top of its BDP-proportional window, the same
     /// for all flows whatever their rate. Flows sharing a bottleneck are
     /// window-limited, each delivering cwnd/RTT; a term proportional to the
@@ -218,8 +232,10 @@ impl Bbr {
     /// equilibrium: the first flow kept 60%), a common additive term pulls
     /// the shares together like TCP's additive increase. It is also the
     /// smallest window on a sub-millisecond path (loopback), where the BDP
-    /// is a few kilobytes and batching of sends and ACKs needs more.
-    pub const ADDITIVE_WINDOW: u64 = 64 * 1024;
+    /// is a few kilobytes and batching of sends and ACKs needs more. Two
+    /// flows keep 2 × 128 KB in the queue, half of a one-BDP queue at
+    /// 100 Mbit/s × 40 ms; more flows overflow it and the loss rule shares.
+    pub const ADDITIVE_WINDOW: u64 = 128 * 1024;
     /// BBRv3 BBRStartupCwndGain: 2, not the pacing gain. With 2.885 × BDP in
     /// flight Startup overflowed a one-BDP queue by 0.9 BDP for the three
     /// rounds it takes to see the bandwidth plateau (~900 drops at 100 Mbit/s × 40 ms).
@@ -231,12 +247,23 @@ impl Bbr {
     pub const LOSS_THRESH: f64 = 0.02;
     /// BBRv2 BBR.Beta: multiplicative cut of inflight_hi on a congested round.
     pub const BETA: f64 = 0.7;
-    /// A round whose smallest RTT exceeds min_rtt by this factor has a standing queue.
-    pub const QUEUE_RTT_FACTOR: f64 = 1.5;
+    /// A round whose smallest RTT exceeds min_rtt by this factor has a
+    /// queue. Small, because a flow that started while another kept a
+    /// queue has that queue in its min_rtt (up to ~70 ms on a 40 ms path
+    /// whose full queue gives 80 ms); with 1.5 such a flow never saw a
+    /// queue, never backed off, and kept 1.1 MB in flight against the other's
+    /// 50 KB. A path without any queue still never reads as congested.
+    pub const QUEUE_RTT_FACTOR: f64 = 1.125;
     /// Largest send quantum (draft-cardwell-iccrg-bbr: 64 KB).
     pub const MAX_QUANTUM: u64 = 64 * 1024;
     /// Fewest lost packets in a round that can mark it congested.
     const MIN_CONGESTION_LOSSES: u64 = 3;
+    /// Binomial standard deviations of random loss a congested round must exceed.
+    const LOSS_SIGMAS: f64 = 2.5;
+    /// inflight_hi regrowth per round doubles up to 2^this packets (32
+    /// packets, 45 KB per round): quick after a cut, yet additive, the same
+    /// for every flow, so that repeated cuts converge to equal shares.
+    const MAX_GROWTH_SHIFT: u32 = 5;
     /// Rounds with fewer packets than this say nothing about loss rate.
     const MIN_ROUND_PACKETS: u64 = 16;
     /// Random-loss compensation is capped at this loss rate.
@@ -259,6 +286,8 @@ impl Bbr {
             inflight_hi: u64::MAX,
             inflight_hi_growth_rounds: 0,
             round_lost: 0,
+            round_fresh_lost: 0,
+            recovery_start: None,
             round_acked: 0,
             round_min_rtt: Duration::MAX,
             round_max_inflight: 0,
@@ -311,7 +340,21 @@ impl Bbr {
         1.0 / (1.0 - self.loss_ewma.min(Self::MAX_COMPENSATED_LOSS))
     }
 
-    fn end_round(&mut self, rtt: &RttEstimator) {
+    /// Whether `lost` of `total` bytes is more than random loss at the
+    /// long-run rate explains: above it by [`Bbr::LOSS_THRESH`] plus
+    /// [`Bbr::LOSS_SIGMAS`] binomial standard deviations, and at least
+    /// [`Bbr::MIN_CONGESTION_LOSSES`] packets. The deviation term keeps a
+    /// flow with a small share (few packets per round, so a noisy rate)
+    /// from reading random loss as congestion and starving further.
+    fn excess_loss(&self, lost: u64, total: u64) -> bool {
+        let mss = self.mss.max(1) as f64;
+        let n = total as f64 / mss;
+        let p = self.loss_ewma;
+        let expected = n * (p + Self::LOSS_THRESH) + Self::LOSS_SIGMAS * (n * p * (1.0 - p)).sqrt();
+        lost >= Self::MIN_CONGESTION_LOSSES * self.mss && lost as f64 / mss > expected
+    }
+
+    fn end_round(&mut self, now: Instant, rtt: &RttEstimator) {
         let total = self.round_lost + self.round_acked;
         let packets = total / self.mss.max(1);
         // A round with few packets says nothing about the loss rate; it is
@@ -324,14 +367,20 @@ impl Bbr {
             // Even the round's smallest RTT sample well above min_rtt: a
             // standing queue (a single delayed ACK cannot fake this).
             let queued = self.round_min_rtt.as_secs_f64() > min_rtt * Self::QUEUE_RTT_FACTOR;
-            // 2% beyond the long-run random loss of uncongested rounds, and
-            // more than a couple of packets: a flow with a small share sends
-            // few packets per round, and random loss must not read as
-            // congestion there (it would starve further).
-            let excess = rate > self.loss_ewma + Self::LOSS_THRESH
-                && self.round_lost >= Self::MIN_CONGESTION_LOSSES * self.mss;
-            congested = excess && queued;
-            if !congested {
+            // Only losses of packets sent after the last cut can say that
+            // the cut was not enough (one reduction per round trip, as
+            // RFC 9002 §7.3.2 for NewReno): without this, the losses of
+            // one overflow cut the bound again round after round.
+            // In Startup the queue test does not apply: a flow starting
+            // into another flow's standing queue measures that queue into
+            // its min_rtt and never sees "a queue", while its own doubling
+            // overflows the queue round after round.
+            congested = self.excess_loss(self.round_fresh_lost, total)
+                && (queued || self.state == BbrState::Startup);
+            // The long-run random loss rate learns from every round that is
+            // not a queue overflow (a new random rate shows as excess loss
+            // without a queue first).
+            if !congested && !(queued && self.excess_loss(self.round_lost, total)) {
                 self.loss_ewma = 0.875 * self.loss_ewma + 0.125 * rate;
             }
         }
@@ -340,16 +389,19 @@ impl Bbr {
             let base = self.round_max_inflight.min(self.inflight_hi);
             self.inflight_hi = ((base as f64 * Self::BETA) as u64).max(4 * self.mss);
             self.inflight_hi_growth_rounds = 0;
+            self.recovery_start = Some(now);
             if self.state == BbrState::Startup {
                 self.state = BbrState::Drain;
             }
         } else if self.inflight_hi != u64::MAX {
-            // Probe the bound back up, faster the longer it holds (BBRv2 ProbeBW_UP).
-            self.inflight_hi_growth_rounds = (self.inflight_hi_growth_rounds + 1).min(20);
-            let step = self.mss << (self.inflight_hi_growth_rounds / 2).min(10);
+            // Probe the bound back up, doubling the step every round
+            // (BBRv3 ProbeBW_UP: 1, 2, 4, 8, ... packets per round trip).
+            let step = self.mss << self.inflight_hi_growth_rounds.min(Self::MAX_GROWTH_SHIFT);
+            self.inflight_hi_growth_rounds = self.inflight_hi_growth_rounds.saturating_add(1);
             self.inflight_hi = self.inflight_hi.saturating_add(step);
         }
         self.round_lost = 0;
+        self.round_fresh_lost = 0;
         self.round_acked = 0;
         self.round_min_rtt = Duration::MAX;
         self.round_max_inflight = 0;
@@ -419,7 +471,7 @@ impl Controller for Bbr {
                 self.next_round_delivered = rs.delivered;
                 self.round += 1;
                 self.bw_rounds[(self.round as usize) % Self::BW_WINDOW] = 0;
-                self.end_round(rtt);
+                self.end_round(now, rtt);
                 if self.state == BbrState::Startup {
                     let bw = self.btl_bw();
                     if bw >= self.full_bw + self.full_bw / 4 {
@@ -467,6 +519,9 @@ impl Controller for Bbr {
 
     fn on_loss(&mut self, ev: &LossEvent, _rtt: &RttEstimator) {
         self.round_lost += ev.bytes_lost;
+        if self.recovery_start.is_none_or(|r| ev.largest_sent_time > r) {
+            self.round_fresh_lost += ev.bytes_lost;
+        }
         if ev.persistent {
             // The path went silent for a long time: restart the model.
             self.cwnd = 4 * self.mss;
@@ -771,8 +826,8 @@ mod tests {
         // random rate: no back-off.
         let t = bbr_rounds(&mut bbr, &mut rtt, t, 40, 20, 3, 100);
         assert_eq!(bbr.inflight_hi(), None);
-        // A standing queue that drops 10%, well above the random rate: back off.
-        bbr_rounds(&mut bbr, &mut rtt, t, 40, 10, 3, 100);
+        // A standing queue that drops 20%, well above the random rate: back off.
+        bbr_rounds(&mut bbr, &mut rtt, t, 40, 5, 3, 100);
         let hi = bbr
             .inflight_hi()
             .expect("a congested round sets inflight_hi");
@@ -795,6 +850,112 @@ mod tests {
         bbr_rounds(&mut bbr, &mut rtt, t, 20, 0, 30, 5);
         let grown = bbr.inflight_hi().unwrap_or(u64::MAX);
         assert!(grown > hi + 100 * 1400, "inflight_hi {hi} -> {grown}");
+    }
+
+    /// Declares `lost` packets sent at `lost_sent` lost in the current
+    /// round, then feeds one more round of `per_round` acked packets at
+    /// `rtt_ms`, whose first ACK ends (and judges) the current round.
+    fn bbr_round_with_losses(
+        bbr: &mut Bbr,
+        rtt: &mut RttEstimator,
+        t: Instant,
+        rtt_ms: u64,
+        per_round: u64,
+        lost: u64,
+        lost_sent: Instant,
+    ) -> Instant {
+        let mss = 1400;
+        for _ in 0..lost {
+            bbr.on_loss(
+                &LossEvent {
+                    now: t,
+                    bytes_lost: mss,
+                    packets_lost: 1,
+                    largest_sent_time: lost_sent,
+                    persistent: false,
+                    in_flight: per_round * mss,
+                },
+                rtt,
+            );
+        }
+        bbr_rounds(bbr, rtt, t, rtt_ms, 0, 1, per_round)
+    }
+
+    /// Random loss at the long-run rate is not congestion even where a few
+    /// packets per round make the rate noisy; a burst well above it is.
+    #[test]
+    fn bbr_excess_loss_allows_for_random_loss_of_a_small_share() {
+        let mss = 1400;
+        let mut bbr = Bbr::new(mss, 1);
+        bbr.loss_ewma = 0.01;
+        // 30 packets, 2 lost: 6.7%, over 1% + 2%, but two random losses in
+        // 30 packets at 1% are not rare.
+        assert!(!bbr.excess_loss(2 * mss, 30 * mss));
+        assert!(bbr.excess_loss(8 * mss, 30 * mss));
+        // 600 packets: 1% random is 6 ± 2.4; 30 is a queue overflow.
+        assert!(!bbr.excess_loss(10 * mss, 600 * mss));
+        assert!(bbr.excess_loss(30 * mss, 600 * mss));
+        // Never on fewer than MIN_CONGESTION_LOSSES packets.
+        bbr.loss_ewma = 0.0;
+        assert!(!bbr.excess_loss(2 * mss, 1000 * mss));
+    }
+
+    /// One overflow cuts inflight_hi once: its losses declared in the next
+    /// round (packets sent before the cut) do not cut again; fresh losses
+    /// above the random rate do. The bound then grows back 1, 2, 4, ...
+    /// packets per round, up to 2^MAX_GROWTH_SHIFT.
+    #[test]
+    fn bbr_cuts_inflight_hi_once_per_round_trip_then_regrows() {
+        let mss = 1400;
+        let mut bbr = Bbr::new(mss, 1);
+        let mut rtt = RttEstimator::new();
+        let t = bbr_rounds(&mut bbr, &mut rtt, t0(), 20, 0, 10, 100);
+        // A queue doubles the RTT: no loss, no cut.
+        let t = bbr_rounds(&mut bbr, &mut rtt, t, 40, 0, 2, 100);
+        assert_eq!(bbr.inflight_hi(), None);
+        // An overflow: 20 of 100 lost.
+        let t = bbr_round_with_losses(&mut bbr, &mut rtt, t, 40, 100, 20, t);
+        let hi = bbr.inflight_hi().expect("an overflow sets inflight_hi");
+        assert!(hi <= (100 * mss) * 7 / 10 + mss, "{hi}");
+        // More losses of packets sent before the cut: no second cut, the
+        // bound starts growing (+1 packet).
+        let before_cut = t - Duration::from_millis(30);
+        let t = bbr_round_with_losses(&mut bbr, &mut rtt, t, 40, 100, 20, before_cut);
+        assert_eq!(bbr.inflight_hi(), Some(hi + mss));
+        // Clean rounds: +2, +4, ..., +32, +32 packets.
+        let mut expect = hi + mss;
+        let mut t = t;
+        for step in [2, 4, 8, 16, 32, 32, 32] {
+            t = bbr_rounds(&mut bbr, &mut rtt, t, 40, 0, 1, 100);
+            expect += step * mss;
+            assert_eq!(bbr.inflight_hi(), Some(expect));
+        }
+        // Fresh losses well above the random rate cut again.
+        bbr_round_with_losses(&mut bbr, &mut rtt, t, 40, 100, 20, t);
+        let cut = bbr.inflight_hi().unwrap_or(u64::MAX);
+        assert!(cut < expect, "{cut} >= {expect}");
+    }
+
+    /// A flow that starts while another keeps a queue measures that queue
+    /// into its min_rtt: its RTT can barely rise above it, yet its Startup
+    /// must end on the losses of the queue it overflows.
+    #[test]
+    fn bbr_startup_ends_on_overflow_loss_without_an_rtt_rise() {
+        let mss = 1400;
+        let mut bbr = Bbr::new(mss, 1);
+        let mut rtt = RttEstimator::new();
+        let t = t0();
+        // Startup (the test's delivery rate keeps growing: no plateau).
+        let mut t = t;
+        for r in 0..3u64 {
+            t = bbr_rounds(&mut bbr, &mut rtt, t, 60, 0, 1, 50 + 50 * r);
+        }
+        assert_eq!(bbr.state, BbrState::Startup);
+        assert_eq!(bbr.inflight_hi(), None);
+        // 30% lost at the same RTT: the queue was full from the start.
+        bbr_round_with_losses(&mut bbr, &mut rtt, t, 60, 200, 60, t);
+        assert_ne!(bbr.state, BbrState::Startup);
+        assert!(bbr.inflight_hi().is_some());
     }
 
     #[test]
