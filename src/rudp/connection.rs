@@ -398,6 +398,19 @@ impl Connection {
         self.backlog
     }
 
+    /// Message bytes queued and not yet sent once (resends not counted).
+    pub fn unsent_bytes(&self) -> u64 {
+        let sent = self
+            .send_cursor
+            .checked_sub(self.out_base)
+            .and_then(|i| self.out_msgs.get(i as usize))
+            .and_then(Option::as_ref)
+            .map_or(self.next_conn_offset, |m| {
+                m.conn_offset + self.send_cursor_offset
+            });
+        self.next_conn_offset.saturating_sub(sent)
+    }
+
     /// Bytes this connection holds: queued outgoing messages, partially
     /// reassembled and undelivered incoming ones, and per-packet records.
     pub fn memory_usage(&self) -> usize {

@@ -495,6 +495,12 @@ impl Endpoint {
         self.conns.get(&handle).map_or(0, |c| c.send_backlog())
     }
 
+    /// Message bytes queued on a connection and not yet sent once: what
+    /// still waits for the window, the pacing or the driver.
+    pub fn unsent_bytes(&self, handle: ConnectionHandle) -> u64 {
+        self.conns.get(&handle).map_or(0, |c| c.unsent_bytes())
+    }
+
     /// Starts a graceful close: queued messages are delivered first, then a
     /// CLOSE goes out (its sending is driven by `poll_transmit`, so `now` is
     /// not needed here).
