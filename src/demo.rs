@@ -684,9 +684,7 @@ fn run_in(
         // Lines for up to 20 ms, then look at the files (a steady stream of
         // chunk lines must not keep the loop from them).
         let look_at = Instant::now() + Duration::from_millis(20);
-        while let Ok(line) =
-            rx.recv_timeout(look_at.saturating_duration_since(Instant::now()))
-        {
+        while let Ok(line) = rx.recv_timeout(look_at.saturating_duration_since(Instant::now())) {
             interrupted()?;
             note(&line);
             if line.who >= 2 && line.who <= opts.peers && line.text.starts_with(&complete_line) {

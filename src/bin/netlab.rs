@@ -168,9 +168,10 @@ struct SwarmArgs {
     /// Round-trip time between any two peers.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     rtt: Duration,
-    /// Each peer's own --max-upload, as a share of --rate (it caps the IP
-    /// packets the peer sends: data, acknowledgements and retransmissions
-    /// together); 0% runs the peers without a cap of their own.
+    /// Each peer's own --max-upload (chunk bytes per second), as a share of
+    /// --rate; with rudp's and IP's headers the peer's socket then sends
+    /// 3.2% more (acknowledgements included); 0% runs the peers without a
+    /// cap of their own.
     #[arg(long, default_value_t = swarm::PEER_UPLOAD_SHARE, value_parser = parse_fraction)]
     peer_cap: f64,
     /// The demo program that runs the peers (default: next to this netlab binary).

@@ -63,7 +63,7 @@ const RECV_BUDGET: usize = 64;
 /// While the socket buffer is full, timers are not checked more often than this.
 const BLOCKED_BACKOFF: Duration = Duration::from_millis(1);
 /// The uplink pacer's bucket holds this much time's worth of bytes ...
-const PACER_BURST: Duration = Duration::from_millis(10);
+const PACER_BURST: Duration = Duration::from_millis(20);
 /// ... and at least this many bytes (a few full datagrams), and once empty
 /// it waits until this much has accrued (fewer, larger wake-ups; the
 /// poll's timeout has millisecond granularity anyway).
@@ -587,8 +587,9 @@ mod pacer_tests {
     /// A paced sender and an unpaced receiver on loopback, driven in
     /// virtual time (1 ms steps; loopback delivers within the send call):
     /// returns the bytes of IP packets the sender put on the wire by each
-    /// step, while 1 MB of messages waits to go.
-    fn paced_steps(rate: u64, steps: u32) -> Vec<u64> {
+    /// step, while 1 MB of messages waits to go, and the message bytes the
+    /// endpoint still held unsent.
+    fn paced_steps(rate: u64, steps: u32) -> Vec<(u64, u64)> {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let paced = DriverOptions {
             max_send_rate: Some(rate),
@@ -616,7 +617,7 @@ mod pacer_tests {
             tx.flush(t, &mut a);
             rx.flush(t, &mut b);
             let c = tx.counters();
-            wire.push(c.bytes_sent + 28 * c.datagrams_sent);
+            wire.push((c.bytes_sent + 28 * c.datagrams_sent, a.unsent_bytes(h)));
         }
         wire
     }
@@ -626,15 +627,36 @@ mod pacer_tests {
         let rate = 1_000_000;
         let wire = paced_steps(rate, 400);
         let burst = (rate as f64 * PACER_BURST.as_secs_f64()).max(PACER_MIN_BURST) as u64;
-        for (step, &bytes) in wire.iter().enumerate() {
+        for (step, &(bytes, _)) in wire.iter().enumerate() {
             // 1 MB/s is 1,000 bytes per 1 ms step, plus the burst and the
             // datagram sent on credit.
             let most = rate * (step as u64 + 1) / 1000 + burst + 1500;
-            assert!(bytes <= most, "step {step}: {bytes} bytes on the wire, at most {most}");
+            assert!(
+                bytes <= most,
+                "step {step}: {bytes} bytes on the wire, at most {most}"
+            );
         }
         // And it is a pacer, not a stopper: the transfer kept going at its rate.
-        let last = *wire.last().expect("steps");
-        assert!(last >= rate * 400 / 1000 * 9 / 10, "only {last} bytes in 400 ms");
+        let (last, unsent) = *wire.last().expect("steps");
+        assert!(
+            last >= rate * 400 / 1000 * 9 / 10,
+            "only {last} bytes in 400 ms"
+        );
+        // What the pacer held back is still the endpoint's, unsent, and
+        // shrinks as it goes out: 1 MB minus about 0.4 s at 1 MB/s.
+        assert!(
+            (500_000..700_000).contains(&unsent),
+            "{unsent} bytes unsent"
+        );
+        let unsent: Vec<u64> = wire.iter().map(|&(_, u)| u).filter(|&u| u > 0).collect();
+        assert!(unsent.windows(2).all(|w| w[1] <= w[0]), "unsent bytes grew");
+    }
+
+    #[test]
+    fn nothing_is_unsent_once_everything_went_out() {
+        let wire = paced_steps(100_000_000, 200);
+        assert_eq!(wire.last().map(|&(_, u)| u), Some(0));
+        assert!(wire.iter().any(|&(_, u)| u > 0), "never saw the queue");
     }
 
     #[test]
@@ -654,7 +676,11 @@ mod pacer_tests {
             a.connect(t, SocketAddr::from(([127, 0, 0, 1], 9 + i)));
         }
         tx.flush(t, &mut a);
-        let wait = tx.pacer.as_ref().and_then(|p| p.wait).expect("the pacer stopped the flush");
+        let wait = tx
+            .pacer
+            .as_ref()
+            .and_then(|p| p.wait)
+            .expect("the pacer stopped the flush");
         // The loop must come back when the pacer lets more out, not at the
         // endpoint's (much later) retransmission timer.
         assert_eq!(tx.next_deadline(&mut a), Some(wait));
