@@ -712,3 +712,59 @@ fn version_1_peers_are_refused_both_ways() {
         );
     }
 }
+
+/// A DATA packet for B's connection carrying one STREAM frame, numbered `pn`.
+fn stream_packet(dcid: u32, pn: u64, head: packet::StreamHeader, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    packet::start_data_packet(&mut b, dcid, pn, None, 4);
+    let room = 1472 - packet::CRC_LEN - b.len();
+    assert!(head.fits(room, data.len()));
+    head.write(&mut b, room, data);
+    packet::finish_data_packet(&mut b, pn);
+    b
+}
+
+/// Well-formed packets whose STREAM frames break the message rules (over
+/// the size limit, or a length contradicting an earlier fragment's) are
+/// acknowledged but their frames change nothing: no buffer, no message.
+#[test]
+fn over_limit_and_inconsistent_fragments_are_ignored() {
+    let (mut ea, mut eb, h, now) = connected_by_hand();
+    ea.send(h, vec![1; 10], false).unwrap();
+    let d = out(&mut ea, now).remove(0).1;
+    let p = packet::Packet::new_checked(&d[..]).unwrap();
+    let dcid = p.dcid();
+    let mut pn = p.truncated_pn().unwrap().value as u64 + 100;
+    let hb = eb.connections()[0];
+    let mut feed = |eb: &mut Endpoint, head: packet::StreamHeader, data: &[u8]| {
+        pn += 1;
+        eb.handle_datagram(now, a(), &stream_packet(dcid, pn, head, data));
+        assert!(eb.counters().malformed == 0 && eb.counters().bad_crc == 0);
+    };
+    let head = |msg_id, msg_len, offset| packet::StreamHeader {
+        ordered: false,
+        msg_id,
+        msg_len,
+        offset,
+    };
+    let mem = eb.memory_usage(hb).unwrap();
+    let max = Config::default().max_message_size as u64;
+    // Longer than 16 MiB: as a first fragment, and as a last one.
+    feed(&mut eb, head(50, max + 1, 0), &[2; 100]);
+    feed(&mut eb, head(51, max + 1, max - 99), &[2; 100]);
+    assert_eq!(eb.memory_usage(hb).unwrap(), mem);
+    assert!(messages(&mut eb).is_empty());
+    // 1000 bytes announced; a last fragment claiming 500 contradicts it.
+    feed(&mut eb, head(52, 1000, 0), &[3; 100]);
+    let reserved = eb.memory_usage(hb).unwrap();
+    assert_eq!(reserved, mem + 1000);
+    feed(&mut eb, head(52, 500, 400), &[3; 100]);
+    assert_eq!(eb.memory_usage(hb).unwrap(), reserved);
+    assert!(messages(&mut eb).is_empty());
+    // The consistent rest completes it, exactly once.
+    feed(&mut eb, head(52, 1000, 100), &[3; 900]);
+    assert_eq!(messages(&mut eb), vec![vec![3; 1000]]);
+    feed(&mut eb, head(52, 1000, 100), &[3; 900]);
+    assert!(messages(&mut eb).is_empty());
+    assert_eq!(eb.memory_usage(hb).unwrap(), mem);
+}
