@@ -5,7 +5,7 @@
 use chunkswarm::cli::parse_rate;
 use chunkswarm::peer::node::NodeConfig;
 use chunkswarm::peer::process::{
-    connect_tracker, spawn_console, spawn_signal_listener, PeerConfig, PeerLoop,
+    connect_tracker, socket_send_rate, spawn_console, spawn_signal_listener, PeerConfig, PeerLoop,
 };
 use chunkswarm::peer::swarm::SwarmConfig;
 use chunkswarm::rudp::driver::{Driver, TransportArgs};
@@ -39,11 +39,11 @@ struct Args {
     /// often as the tracker asks).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     heartbeat_ms: u64,
-    /// Cap this peer's upload rate (chunks to all peers together; each
-    /// connection is also paced at most at this rate, and the UDP socket as
-    /// a whole at it plus rudp's and IP's headers, 3%, acknowledgements and
-    /// control messages included), as a size per second (`2MB/s`) or in
-    /// bits (`20mbit`). Default: no cap.
+    /// Cap this peer's upload rate (chunks to all peers together; the UDP
+    /// socket as a whole, and each connection, is paced at it plus rudp's
+    /// and IP's headers, 3%, acknowledgements and control messages
+    /// included), as a size per second (`2MB/s`) or in bits (`20mbit`).
+    /// Default: no cap.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     max_upload: Option<u64>,
     /// Do not print a line per chunk received (the summary is still printed).
@@ -115,7 +115,11 @@ fn run(args: Args) -> Result<(), String> {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         advertise: args.advertise,
         rudp: chunkswarm::rudp::Config {
-            max_send_rate: args.max_upload,
+            // No connection paced tighter than the socket as a whole: a
+            // chunk that has the uplink to itself goes at the full cap.
+            max_send_rate: args
+                .max_upload
+                .map(|cap| socket_send_rate(cap, args.transport.mtu)),
             ..args.transport.endpoint_config()
         },
         node: NodeConfig {

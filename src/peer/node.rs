@@ -155,6 +155,9 @@ pub struct Node {
     upload_tokens: f64,
     tokens_at: Option<Instant>,
     upload_wait: Option<Instant>,
+    /// The uplink sent all it could at the driver's last turn (its pacer
+    /// ran out of tokens); see [`Node::set_uplink_full`].
+    uplink_idle: bool,
 }
 
 /// Early Hellos kept (oldest dropped first); each is at most a bitmap.
@@ -166,6 +169,16 @@ impl Node {
             config,
             ..Node::default()
         }
+    }
+
+    /// What the driver saw at its last turn: `full` when its pacer held
+    /// data back (the uplink is the limit), not when rudp had nothing more
+    /// ready. While the uplink is not full, chunks are handed over without
+    /// waiting for rudp's unsent bytes to run low (`Node::unsent_limit`):
+    /// they wait on the connections' own pacing (a connection that was
+    /// idle starts below the cap), and another connection can use the rest.
+    pub fn set_uplink_full(&mut self, full: bool) {
+        self.uplink_idle = !full;
     }
 
     /// Adds (or replaces) the swarm of a file.
@@ -543,7 +556,7 @@ impl Node {
         peers.rotate_left(turn);
         self.turn = self.turn.wrapping_add(1);
         let mut sent = false;
-        let limit = self.unsent_limit();
+        let limit = self.unsent_limit().filter(|_| !self.uplink_idle);
         let mut unsent: u64 = match limit {
             Some(_) => peers.iter().map(|&(_, h)| ep.unsent_bytes(h)).sum(),
             None => 0,
@@ -746,7 +759,8 @@ mod tests {
     /// at a time (its unsent bytes stay within one chunk of the limit).
     #[test]
     fn the_upload_cap_holds_for_all_connections_together() {
-        let run = |cap: Option<u64>| -> Duration {
+        // (time to complete, most unsent bytes seen at the owner)
+        let run = |cap: Option<u64>, uplink_full: bool| -> (Duration, u64) {
             let o = SocketAddr::from(([10, 0, 0, 1], 7001));
             let members = [
                 SocketAddr::from(([10, 0, 0, 2], 7001)),
@@ -779,20 +793,15 @@ mod tests {
             let owner = nodes.get_mut(&o).unwrap();
             owner.start_upload(now, sim.endpoint(o), &file).unwrap();
             let mut done = 0;
+            let mut most_unsent = 0;
             for _ in 0..200_000 {
                 sim.run_for(Duration::from_millis(1));
                 let now = sim.now();
-                if let (Some(limit), Some(owner)) =
-                    (nodes.get(&o).and_then(|n| n.unsent_limit()), nodes.get(&o))
-                {
-                    // Chunks are handed over one at a time as the uplink
-                    // frees up, not one to every connection at once.
+                if let Some(owner) = nodes.get_mut(&o) {
+                    owner.set_uplink_full(uplink_full);
                     let ep = sim.endpoint(o);
                     let unsent: u64 = owner.primary.values().map(|&h| ep.unsent_bytes(h)).sum();
-                    assert!(
-                        unsent <= limit + CHUNK_SIZE as u64 + 100,
-                        "{unsent} bytes unsent"
-                    );
+                    most_unsent = most_unsent.max(unsent);
                 }
                 for (&a, node) in nodes.iter_mut() {
                     node.handle_timeout(now, sim.endpoint(a));
@@ -801,7 +810,7 @@ mod tests {
                     }
                 }
                 if done == 2 {
-                    return sim.elapsed();
+                    return (sim.elapsed(), most_unsent);
                 }
             }
             panic!("cap {cap:?}: only {done} of 2 members completed");
@@ -809,9 +818,28 @@ mod tests {
         // Each chunk leaves the owner once: 1 MB at 500 kB/s, less the
         // bucket's burst (two chunks, and one more sent on credit), is at
         // least 1.39 s (a cap per connection would let it go in about 1 s).
-        let capped = run(Some(500_000));
+        let (capped, unsent) = run(Some(500_000), true);
         assert!(capped >= Duration::from_millis(1350), "{capped:?}");
-        let free = run(None);
+        // Chunks are handed over one at a time as the uplink frees up, not
+        // one to every connection at once ...
+        let limit = Node::new(NodeConfig {
+            max_upload_rate: Some(500_000),
+            ..NodeConfig::default()
+        })
+        .unsent_limit()
+        .expect("a limit under a cap");
+        assert!(
+            unsent <= limit + CHUNK_SIZE as u64 + 100,
+            "{unsent} bytes unsent"
+        );
+        // ... unless the uplink has room (the connections' own pacing holds
+        // the chunk back): then the next goes to another connection.
+        let (_, unsent) = run(Some(500_000), false);
+        assert!(
+            unsent > limit + CHUNK_SIZE as u64 + 100,
+            "{unsent} bytes unsent"
+        );
+        let (free, _) = run(None, true);
         assert!(free < Duration::from_millis(500), "{free:?}");
     }
 }

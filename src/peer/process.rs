@@ -437,6 +437,7 @@ impl PeerLoop {
     fn drive_swarm(&mut self, now: Instant) {
         self.driver.recv(now, &mut self.endpoint);
         self.driver.handle_timeout(now, &mut self.endpoint);
+        self.node.set_uplink_full(self.driver.pacer_limited());
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now, &mut self.endpoint);
         } else {

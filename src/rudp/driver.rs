@@ -222,6 +222,13 @@ impl Driver {
         })
     }
 
+    /// True when the last `flush` stopped because the pacer had no tokens
+    /// left (the uplink is the limit), false when the endpoint ran out of
+    /// things to send (or there is no pacer).
+    pub fn pacer_limited(&self) -> bool {
+        self.held.is_some() || self.pacer.as_ref().is_some_and(|p| p.wait.is_some())
+    }
+
     /// Sets (or lifts, with None) the cap on the socket's send rate; see
     /// [`DriverOptions::max_send_rate`].
     pub fn set_max_send_rate(&mut self, bytes_per_sec: Option<u64>) {
@@ -685,5 +692,10 @@ mod pacer_tests {
         // endpoint's (much later) retransmission timer.
         assert_eq!(tx.next_deadline(&mut a), Some(wait));
         assert!(wait > t && wait < t + Duration::from_millis(100));
+        assert!(tx.pacer_limited());
+        // Much later every handshake is out and nothing is due: the pacer
+        // is no longer what limits the socket.
+        tx.flush(t + Duration::from_millis(500), &mut a);
+        assert!(!tx.pacer_limited());
     }
 }
