@@ -183,6 +183,8 @@ impl DemoReport {
 struct Line {
     who: usize,
     text: String,
+    /// When the reader thread got it (the peer printed it just before).
+    at: Instant,
 }
 
 /// A child process whose stdout and stderr are read line by line on threads.
@@ -228,7 +230,8 @@ impl Proc {
                     if echo {
                         println!("[{prefix:>7}] {text}");
                     }
-                    if tx.send(Line { who, text }).is_err() {
+                    let at = Instant::now();
+                    if tx.send(Line { who, text, at }).is_err() {
                         break;
                     }
                 }
@@ -669,12 +672,24 @@ fn run_in(
     // Wait for every client's file to appear and verify.
     let deadline = upload_at + opts.timeout;
     let mut done: Vec<Option<(Duration, Digest32)>> = vec![None; opts.peers];
+    // When each peer said `complete <file>: …` (it had checked the whole
+    // file's SHA-256 and put it under its name): its distribution time. The
+    // file check below comes later, by as much as the hashing of the other
+    // copies, and must not count.
+    let complete_line = format!("complete {file_name}:");
+    let mut said_complete: Vec<Option<Instant>> = vec![None; opts.peers];
     let mut last_done = None;
     while done.iter().skip(1).any(Option::is_none) && Instant::now() < deadline {
         interrupted()?;
-        while let Ok(line) = rx.recv_timeout(Duration::from_millis(20)) {
+        // Lines for up to 20 ms, then look at the files (a steady stream of
+        // chunk lines must not keep the loop from them).
+        let look_at = Instant::now() + Duration::from_millis(20);
+        while let Ok(line) = rx.recv_timeout(look_at.saturating_duration_since(Instant::now())) {
             interrupted()?;
             note(&line);
+            if line.who >= 2 && line.who <= opts.peers && line.text.starts_with(&complete_line) {
+                said_complete[line.who - 1].get_or_insert(line.at);
+            }
             if line.who == 1
                 && line.text.trim_start().starts_with("error:")
                 && line.text.contains("upload")
@@ -690,14 +705,16 @@ fn run_in(
                 continue;
             }
             let path = dirs[i].join(&file_name);
+            let seen = Instant::now();
             if fs::metadata(&path)
                 .map(|m| m.len() == size)
                 .unwrap_or(false)
             {
                 if let Ok(d) = file_sha256(&path) {
-                    let t = upload_at.elapsed();
+                    let at = said_complete[i].map_or(seen, |c| c.min(seen));
+                    let t = at.saturating_duration_since(upload_at);
                     done[i] = Some((t, d));
-                    last_done = Some(t);
+                    last_done = last_done.max(Some(t));
                 }
             }
             if let Ok(Some(status)) = procs.procs[i + 1].child.try_wait() {

@@ -375,9 +375,12 @@ fn truncations_and_bit_flips_change_nothing_but_counters() {
     }
     assert_eq!(snapshot(&mut ea), before_a);
     assert_eq!(snapshot(&mut eb), before_b);
+    // A flipped bit in a DATA packet's connection ID names an unknown
+    // connection (its CRC, which covers the full packet number, can only be
+    // checked by the connection).
     let c = |e: &Endpoint| {
         let c = e.counters();
-        c.bad_crc + c.malformed
+        c.bad_crc + c.malformed + c.unknown_connection
     };
     assert_eq!(
         c(&ea) + c(&eb),
@@ -399,26 +402,37 @@ fn random_bytes_change_nothing_and_parsers_never_panic() {
     assert_eq!(snapshot(&mut eb), before);
     assert!(eb.poll_event().is_none());
     // Mutations that keep a valid CRC reach the frame parsers: no panic.
+    // (The exchange is short, so a DATA packet's full number is the one it carries.)
+    let mut reached = 0;
     for (to_b, d) in &seen {
         let ep = if *to_b { &mut eb } else { &mut ea };
         let from = if *to_b { a() } else { b() };
+        let p = packet::Packet::new_checked(&d[..]).unwrap();
+        let pn = p.truncated_pn().map(|t| t.value as u64);
+        let header = d.len() - packet::CRC_LEN - p.payload().len();
         for _ in 0..300 {
-            let mut m = d[..d.len() - 4].to_vec();
+            let mut m = d[..d.len() - packet::CRC_LEN].to_vec();
             let flips = 1 + rng.below(4);
             for _ in 0..flips {
                 let bit = rng.below(m.len() as u64 * 8) as usize;
-                if bit >= 16 {
+                if bit >= header * 8 {
                     m[bit / 8] ^= 1 << (bit % 8);
                 }
             }
             if rng.chance(0.3) {
-                let cut = 18 + rng.below((m.len() - 18) as u64 + 1) as usize;
+                let cut = header + rng.below((m.len() - header) as u64 + 1) as usize;
                 m.truncate(cut);
             }
-            packet::finish_packet(&mut m);
+            match pn {
+                Some(pn) => packet::finish_data_packet(&mut m, pn),
+                None => packet::finish_packet(&mut m),
+            }
+            let crc_before = ep.counters().bad_crc;
             ep.handle_datagram(now, from, &m);
+            reached += (ep.counters().bad_crc == crc_before) as u32;
         }
     }
+    assert!(reached > 1000, "only {reached} mutations passed the CRC");
 }
 
 proptest! {
@@ -594,4 +608,163 @@ fn flow_control_bounds_receiver_memory() {
     let bound = 2 * window + 64 * 1024;
     assert!(peak <= bound, "receiver held {peak} bytes, bound {bound}");
     assert!(peak > window / 2, "the window was used: {peak}");
+}
+
+/// The full packet number of a DATA datagram, as its receiver restores it
+/// after having seen up to `largest`.
+fn data_pn(d: &[u8], largest: Option<u64>) -> (packet::TruncatedPn, u64) {
+    let p = packet::Packet::new_checked(d).unwrap();
+    let t = p.truncated_pn().expect("a DATA packet");
+    (t, packet::pn::decode(t, largest))
+}
+
+/// Packet numbers travel truncated (RFC 9000 §17.1). A reordered packet is
+/// restored to its own number; one so late that its number can no longer be
+/// restored fails the CRC (computed over the full number) instead of being
+/// taken for a new packet.
+#[test]
+fn reordered_and_very_late_packets_are_never_misread() {
+    let (mut ea, mut eb, h, mut now) = connected_by_hand();
+    let msg: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    ea.send(h, msg.clone(), false).unwrap();
+    let mut sent = out(&mut ea, now);
+    assert!(sent.len() >= 4, "{}", sent.len());
+    // Reordered: the first data packet arrives after the next two.
+    let first = sent.remove(0).1;
+    for (_, d) in sent.drain(..2) {
+        eb.handle_datagram(now, a(), &d);
+    }
+    eb.handle_datagram(now, a(), &first);
+    assert_eq!(eb.counters().bad_crc, 0);
+    assert_eq!(eb.counters().duplicate, 0);
+    // Very late: hold back B's first 1-byte-numbered ACK until hundreds of
+    // B's packets have passed it.
+    let mut late: Option<(u64, Vec<u8>)> = None;
+    let mut largest_at_a = None;
+    let mut got = Vec::new();
+    for _ in 0..20_000 {
+        for (_, d) in sent.drain(..) {
+            eb.handle_datagram(now, a(), &d);
+        }
+        for (_, d) in out(&mut eb, now) {
+            let (t, pn) = data_pn(&d, largest_at_a);
+            if late.is_none() && t.len == 1 && largest_at_a.is_some() {
+                late = Some((pn, d));
+                continue;
+            }
+            largest_at_a = largest_at_a.max(Some(pn));
+            ea.handle_datagram(now, b(), &d);
+        }
+        got.extend(messages(&mut eb));
+        if !got.is_empty() && ea.send_backlog(h) == 0 {
+            break;
+        }
+        now += Duration::from_millis(1);
+        ea.handle_timeout(now);
+        eb.handle_timeout(now);
+        sent = out(&mut ea, now);
+    }
+    assert_eq!(got, vec![msg], "delivered once");
+    let (late_pn, late) = late.expect("B sent a packet with a 1-byte number");
+    let largest = largest_at_a.unwrap();
+    let (t, restored) = data_pn(&late, Some(largest));
+    assert!(largest - late_pn > 128, "{t:?} {largest}: not late enough");
+    // Restored as a number it never had: the CRC says no.
+    assert_ne!(restored, late_pn);
+    let c = ea.counters().clone();
+    ea.handle_datagram(now, b(), &late);
+    let after = ea.counters().clone();
+    assert_eq!(after.bad_crc, c.bad_crc + 1, "{t:?} largest {largest}");
+    assert_eq!(after.duplicate, c.duplicate);
+}
+
+/// Version 1 put its version in the first byte and has no short header: an
+/// old peer's INITIAL is counted as a bad version and answered with nothing,
+/// and every datagram we send starts with a byte an old peer refuses the same way.
+#[test]
+fn version_1_peers_are_refused_both_ways() {
+    let now = t0();
+    let mut eb = Endpoint::new(Config::default(), 2);
+    // A version-1 INITIAL: version 1, type 1, DCID 0, PN 0, initiator CID, no cookie.
+    let mut v1 = vec![1u8, 1];
+    v1.extend_from_slice(&[0; 16]);
+    v1.extend_from_slice(&7u64.to_be_bytes());
+    v1.push(0);
+    v1.resize(1200 - 4, 0);
+    packet::finish_packet(&mut v1);
+    eb.handle_datagram(now, a(), &v1);
+    assert_eq!(eb.counters().bad_version, 1);
+    assert!(out(&mut eb, now).is_empty());
+    assert!(eb.connections().is_empty());
+    // Ours, as a version-1 peer would see them.
+    let (mut ea, mut eb, h, now) = connected_by_hand();
+    ea.send(h, vec![1; 3000], false).unwrap();
+    let mut all = out(&mut ea, now);
+    all.extend(out(&mut eb, now));
+    let mut e2 = Endpoint::new(Config::default(), 9);
+    e2.connect(now, b());
+    all.extend(out(&mut e2, now));
+    assert!(all.len() >= 3);
+    for (_, d) in &all {
+        assert_ne!(
+            d[0], 1,
+            "a version-1 peer reads the first byte as the version"
+        );
+    }
+}
+
+/// A DATA packet for B's connection carrying one STREAM frame, numbered `pn`.
+fn stream_packet(dcid: u32, pn: u64, head: packet::StreamHeader, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    packet::start_data_packet(&mut b, dcid, pn, None, 4);
+    let room = 1472 - packet::CRC_LEN - b.len();
+    assert!(head.fits(room, data.len()));
+    head.write(&mut b, room, data);
+    packet::finish_data_packet(&mut b, pn);
+    b
+}
+
+/// Well-formed packets whose STREAM frames break the message rules (over
+/// the size limit, or a length contradicting an earlier fragment's) are
+/// acknowledged but their frames change nothing: no buffer, no message.
+#[test]
+fn over_limit_and_inconsistent_fragments_are_ignored() {
+    let (mut ea, mut eb, h, now) = connected_by_hand();
+    ea.send(h, vec![1; 10], false).unwrap();
+    let d = out(&mut ea, now).remove(0).1;
+    let p = packet::Packet::new_checked(&d[..]).unwrap();
+    let dcid = p.dcid();
+    let mut pn = p.truncated_pn().unwrap().value as u64 + 100;
+    let hb = eb.connections()[0];
+    let mut feed = |eb: &mut Endpoint, head: packet::StreamHeader, data: &[u8]| {
+        pn += 1;
+        eb.handle_datagram(now, a(), &stream_packet(dcid, pn, head, data));
+        assert!(eb.counters().malformed == 0 && eb.counters().bad_crc == 0);
+    };
+    let head = |msg_id, msg_len, offset| packet::StreamHeader {
+        ordered: false,
+        msg_id,
+        msg_len,
+        offset,
+    };
+    let mem = eb.memory_usage(hb).unwrap();
+    let max = Config::default().max_message_size as u64;
+    // Longer than 16 MiB: as a first fragment, and as a last one.
+    feed(&mut eb, head(50, max + 1, 0), &[2; 100]);
+    feed(&mut eb, head(51, max + 1, max - 99), &[2; 100]);
+    assert_eq!(eb.memory_usage(hb).unwrap(), mem);
+    assert!(messages(&mut eb).is_empty());
+    // 1000 bytes announced; a last fragment claiming 500 contradicts it.
+    feed(&mut eb, head(52, 1000, 0), &[3; 100]);
+    let reserved = eb.memory_usage(hb).unwrap();
+    assert_eq!(reserved, mem + 1000);
+    feed(&mut eb, head(52, 500, 400), &[3; 100]);
+    assert_eq!(eb.memory_usage(hb).unwrap(), reserved);
+    assert!(messages(&mut eb).is_empty());
+    // The consistent rest completes it, exactly once.
+    feed(&mut eb, head(52, 1000, 100), &[3; 900]);
+    assert_eq!(messages(&mut eb), vec![vec![3; 1000]]);
+    feed(&mut eb, head(52, 1000, 100), &[3; 900]);
+    assert!(messages(&mut eb).is_empty());
+    assert_eq!(eb.memory_usage(hb).unwrap(), mem);
 }

@@ -168,6 +168,12 @@ struct SwarmArgs {
     /// Round-trip time between any two peers.
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     rtt: Duration,
+    /// Each peer's own --max-upload (chunk bytes per second), as a share of
+    /// --rate; with rudp's and IP's headers the peer's socket then sends
+    /// 3.2% more (acknowledgements included); 0% runs the peers without a
+    /// cap of their own.
+    #[arg(long, default_value_t = swarm::PEER_UPLOAD_SHARE, value_parser = parse_fraction)]
+    peer_cap: f64,
     /// The demo program that runs the peers (default: next to this netlab binary).
     #[arg(long)]
     demo_bin: Option<PathBuf>,
@@ -328,7 +334,7 @@ fn run_swarm(args: SwarmArgs) -> Result<(), LabError> {
         demo_bin,
         delayer_program: self_exe()?,
         timeout: args.timeout,
-        peer_upload_share: Some(swarm::PEER_UPLOAD_SHARE),
+        peer_upload_share: (args.peer_cap > 0.0).then_some(args.peer_cap),
     };
     let report = swarm::run_swarm(&spec)?;
     if args.json {

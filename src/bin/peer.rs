@@ -40,8 +40,10 @@ struct Args {
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     heartbeat_ms: u64,
     /// Cap this peer's upload rate (chunks to all peers together; each
-    /// connection is also paced at most at this rate), as a size per second
-    /// (`2MB/s`) or in bits (`20mbit`). Default: no cap.
+    /// connection is also paced at most at this rate, and the UDP socket as
+    /// a whole at it plus rudp's and IP's headers, 3%, acknowledgements and
+    /// control messages included), as a size per second (`2MB/s`) or in
+    /// bits (`20mbit`). Default: no cap.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     max_upload: Option<u64>,
     /// Do not print a line per chunk received (the summary is still printed).

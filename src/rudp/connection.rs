@@ -23,18 +23,26 @@
 //! processed, and a loss scan resumes where the last one stopped, so no ACK
 //! walks the whole in-flight set.
 //!
+//! Packets go out with truncated packet numbers (sized from `largest_acked`)
+//! and come in through [`Connection::decode_packet_number`].
+//!
 //! Receiving side. Packet numbers go into a [`RangeSet`] (the SACK ranges an
 //! ACK reports, at most [`MAX_ACK_RANGES`] of them). Message fragments are
 //! reassembled per message; a message is delivered when whole, exactly once
-//! (`delivered_ids`); ordered messages wait for their predecessors.
+//! (`delivered_ids`); ordered messages wait for their predecessors. A
+//! message's length arrives with its first (`START`) or last (`FIN`)
+//! fragment; until then its buffer grows to the furthest byte seen.
 //! Flow control counts message bytes in one connection-wide sequence: the
-//! receiver advertises `MAX_DATA` = (start of its first undelivered message)
-//! plus `recv_window`, so what it buffers is bounded by `recv_window` plus
-//! one message straddling the limit.
+//! sender may send a byte only below the receiver's `MAX_DATA` = (bytes it
+//! has delivered) + `recv_window`. Every message the sender has started
+//! then begins below that limit, so the undelivered ones add up to less than
+//! `recv_window` plus one message: the receiver reserves each message's
+//! length (or furthest byte) against that bound and ignores a fragment that
+//! would exceed it, which only a misbehaving sender causes.
 
 use super::cc::{self, AckEvent, Controller, DeliveryRateEstimator, LossEvent, Pacer, RateState};
 use super::endpoint::{ConnectionError, Event, SendError, Stats};
-use super::packet::{self, close_reason, Frame, Frames, PacketType, StreamFrame};
+use super::packet::{self, close_reason, ConnectionId, Frame, Frames, StreamFrame, StreamHeader};
 use super::range_set::RangeSet;
 use super::rtt::{RttEstimator, MAX_ACK_DELAY};
 use super::timer::{Timer, TimerTable};
@@ -60,6 +68,11 @@ const PROBES_PER_PTO: u32 = 2;
 const MAX_PIGGYBACK_ACK: usize = 256;
 /// Room kept for MAX_DATA, ACCEPT and CLOSE frames when sizing a piggybacked ACK.
 const CONTROL_RESERVE: usize = packet::MAX_DATA_LEN + packet::ACCEPT_LEN + packet::CLOSE_LEN;
+/// Packet-number bytes of an ack-eliciting packet, at least: its fragments,
+/// if lost, must fit whole in the packet that resends them, whose number
+/// is larger (a 1-byte number would leave room a 2-byte one lacks, and the
+/// resend would split off a tiny fragment). ACK-only packets are never resent.
+const MIN_DATA_PN_LEN: usize = 2;
 /// INITIAL resends back off up to 2^this × PTO.
 const MAX_HANDSHAKE_BACKOFF_EXP: u32 = 2;
 /// Handshake retries answered by RETRY before giving up.
@@ -149,6 +162,16 @@ impl OutMessage {
         self.data.len() as u64
     }
 
+    /// The STREAM frame fields of a fragment starting at `offset`.
+    fn header(&self, offset: u64) -> StreamHeader {
+        StreamHeader {
+            ordered: self.ordered,
+            msg_id: self.msg_id,
+            msg_len: self.len(),
+            offset,
+        }
+    }
+
     fn complete(&self) -> bool {
         if self.data.is_empty() {
             self.empty_acked
@@ -159,17 +182,18 @@ impl OutMessage {
 }
 
 struct InMessage {
+    /// Sized to the message's length once known, else to the furthest byte seen.
     data: Vec<u8>,
     got: RangeSet,
-    conn_offset: u64,
+    len: Option<u64>,
 }
 
 pub struct Connection {
     role: Role,
     state: State,
     remote: SocketAddr,
-    local_cid: u64,
-    remote_cid: Option<u64>,
+    local_cid: ConnectionId,
+    remote_cid: Option<ConnectionId>,
     max_payload: usize,
     config: Config,
 
@@ -210,8 +234,10 @@ pub struct Connection {
     delivered_ids: [RangeSet; 2],
     ordered_next: u64,
     ordered_ready: BTreeMap<u64, Vec<u8>>,
-    delivered_bytes: RangeSet,
-    window_base: u64,
+    /// Message bytes handed to the application (flow control counts from here).
+    delivered_total: u64,
+    /// `recv_window`, at least one message.
+    window: u64,
     local_max_data: u64,
     sent_max_data: u64,
     max_data_pending: bool,
@@ -253,8 +279,8 @@ impl Connection {
         config: &Config,
         now: Instant,
         remote: SocketAddr,
-        local_cid: u64,
-        remote_cid: Option<u64>,
+        local_cid: ConnectionId,
+        remote_cid: Option<ConnectionId>,
     ) -> Self {
         let mss = config.max_udp_payload as u64;
         let recv_window = config.recv_window.max(config.max_message_size) as u64;
@@ -299,13 +325,13 @@ impl Connection {
             delivered_ids: [RangeSet::new(), RangeSet::new()],
             ordered_next: 0,
             ordered_ready: BTreeMap::new(),
-            delivered_bytes: RangeSet::new(),
-            window_base: 0,
+            delivered_total: 0,
+            window: recv_window,
             local_max_data: recv_window,
             sent_max_data: 0,
             max_data_pending: true,
             rtt: RttEstimator::new(),
-            cc: cc::new_controller(config.cc, mss, local_cid),
+            cc: cc::new_controller(config.cc, mss, local_cid as u64),
             pacer: Pacer::new(mss),
             rate: DeliveryRateEstimator::default(),
             in_flight: 0,
@@ -343,7 +369,7 @@ impl Connection {
         self.remote
     }
 
-    pub fn local_cid(&self) -> u64 {
+    pub fn local_cid(&self) -> ConnectionId {
         self.local_cid
     }
 
@@ -370,6 +396,19 @@ impl Connection {
 
     pub fn send_backlog(&self) -> usize {
         self.backlog
+    }
+
+    /// Message bytes queued and not yet sent once (resends not counted).
+    pub fn unsent_bytes(&self) -> u64 {
+        let sent = self
+            .send_cursor
+            .checked_sub(self.out_base)
+            .and_then(|i| self.out_msgs.get(i as usize))
+            .and_then(Option::as_ref)
+            .map_or(self.next_conn_offset, |m| {
+                m.conn_offset + self.send_cursor_offset
+            });
+        self.next_conn_offset.saturating_sub(sent)
     }
 
     /// Bytes this connection holds: queued outgoing messages, partially
@@ -494,6 +533,13 @@ impl Connection {
 
     // ----- receiving -----
 
+    /// The full packet number of a DATA packet that carried `t` (RFC 9000
+    /// Appendix A.3, around the largest received so far). The caller checks
+    /// the packet's CRC with it before anything changes.
+    pub fn decode_packet_number(&self, t: packet::TruncatedPn) -> u64 {
+        packet::pn::decode(t, self.largest_recv.map(|(pn, _)| pn))
+    }
+
     /// Checks every frame of a DATA payload; nothing changes if this fails.
     pub fn validate(payload: &[u8]) -> Result<(), crate::wire::Error> {
         for f in Frames::new(payload) {
@@ -606,53 +652,57 @@ impl Connection {
 
     fn on_stream_frame(&mut self, s: &StreamFrame<'_>) {
         let space = s.ordered as usize;
-        let end = s.offset + s.data.len() as u64;
         if self.delivered_ids[space].contains(s.msg_id)
             || (s.ordered && s.msg_id < self.ordered_next)
+            || (s.ordered && self.ordered_ready.contains_key(&s.msg_id))
         {
-            return; // a duplicate of a delivered message
+            return; // a duplicate of a complete message
         }
-        if s.msg_len > self.config.max_message_size as u64
-            || s.conn_offset + end > self.local_max_data
-        {
-            return; // beyond what we allowed: ignored
+        let end = s.end();
+        let max = self.config.max_message_size as u64;
+        if end > max || s.msg_len.is_some_and(|l| l > max) {
+            return; // beyond what we allow: ignored
         }
         let key = (s.ordered, s.msg_id);
-        if !self.in_msgs.contains_key(&key) {
-            if s.ordered && self.ordered_ready.contains_key(&s.msg_id) {
-                return;
-            }
-            let limit =
-                self.local_max_data - self.window_base + self.config.max_message_size as u64;
-            if self.buffered + s.msg_len > limit {
-                return; // memory bound; the peer will retransmit
-            }
-            self.buffered += s.msg_len;
-            self.in_msgs.insert(
-                key,
-                InMessage {
-                    data: vec![0; s.msg_len as usize],
-                    got: RangeSet::new(),
-                    conn_offset: s.conn_offset,
-                },
-            );
-        }
-        let Some(m) = self.in_msgs.get_mut(&key) else {
-            return;
+        // Work out the new reservation before changing anything.
+        let (known, extent) = match self.in_msgs.get(&key) {
+            Some(m) => (m.len, m.data.len() as u64),
+            None => (None, 0),
         };
-        if m.data.len() as u64 != s.msg_len {
-            return; // inconsistent with earlier fragments: ignored
+        let len = match (known, s.msg_len) {
+            (Some(k), Some(l)) if k != l => return, // inconsistent: ignored
+            (Some(k), _) => Some(k),
+            (None, Some(l)) if l < extent => return,
+            (None, l) => l,
+        };
+        if len.is_some_and(|l| end > l) {
+            return;
         }
+        let size = len.unwrap_or(extent.max(end));
+        let growth = size - extent;
+        if growth > 0 && self.buffered + growth > self.window + max {
+            return; // memory bound; an honest sender never reaches it
+        }
+        self.buffered += growth;
+        let m = self.in_msgs.entry(key).or_insert_with(|| InMessage {
+            data: Vec::new(),
+            got: RangeSet::new(),
+            len: None,
+        });
+        if m.len.is_none() && len.is_some() {
+            m.data.reserve_exact(size as usize - m.data.len());
+        }
+        m.len = len;
+        m.data.resize(size as usize, 0);
         if m.got.insert(s.offset..end) {
             m.data[s.offset as usize..end as usize].copy_from_slice(s.data);
         }
-        if !m.got.contains_range(0..s.msg_len) {
+        if !m.len.is_some_and(|l| m.got.contains_range(0..l)) {
             return;
         }
         let Some(m) = self.in_msgs.remove(&key) else {
             return;
         };
-        self.stats_delivered_in(m.conn_offset, m.data.len() as u64);
         if s.ordered {
             self.ordered_ready.insert(s.msg_id, m.data);
             while let Some(data) = self.ordered_ready.remove(&self.ordered_next) {
@@ -667,26 +717,15 @@ impl Connection {
         }
     }
 
+    /// Hands a whole message to the application and opens the window by its length.
     fn deliver(&mut self, data: Vec<u8>) {
-        self.buffered = self.buffered.saturating_sub(data.len() as u64);
+        let len = data.len() as u64;
+        self.buffered = self.buffered.saturating_sub(len);
         self.events.push_back(Event::Message(data));
-    }
-
-    /// A whole message occupying `[conn_offset, +len)` is complete: advance the window.
-    fn stats_delivered_in(&mut self, conn_offset: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        self.delivered_bytes.insert(conn_offset..conn_offset + len);
-        let base = self.delivered_bytes.contiguous_end(self.window_base);
-        if base > self.window_base {
-            self.window_base = base;
-            self.delivered_bytes.remove_below(base);
-            let window = self.config.recv_window.max(self.config.max_message_size) as u64;
-            self.local_max_data = base + window;
-            if self.local_max_data - self.sent_max_data >= window / 8 {
-                self.max_data_pending = true;
-            }
+        self.delivered_total += len;
+        self.local_max_data = self.delivered_total + self.window;
+        if self.local_max_data - self.sent_max_data >= self.window / 8 {
+            self.max_data_pending = true;
         }
     }
 
@@ -1133,22 +1172,28 @@ impl Connection {
         ok
     }
 
-    fn write_ack_only(&mut self, now: Instant, dcid: u64, buf: &mut Vec<u8>) -> Option<usize> {
+    fn write_ack_only(
+        &mut self,
+        now: Instant,
+        dcid: ConnectionId,
+        buf: &mut Vec<u8>,
+    ) -> Option<usize> {
         let pn = self.next_pn;
-        packet::start_packet(buf, PacketType::Data, dcid, pn);
+        packet::start_data_packet(buf, dcid, pn, self.largest_acked, 1);
         let space = self.max_payload - buf.len() - packet::CRC_LEN;
         if !self.write_ack_frame(now, buf, space) {
             self.ack_now = false;
             return None;
         }
-        packet::finish_packet(buf);
+        packet::finish_data_packet(buf, pn);
         self.record_sent(now, buf.len(), false, Frags::None, Control::default());
         Some(buf.len())
     }
 
-    fn write_data_packet(&mut self, now: Instant, dcid: u64, buf: &mut Vec<u8>) -> usize {
+    fn write_data_packet(&mut self, now: Instant, dcid: ConnectionId, buf: &mut Vec<u8>) -> usize {
         let pn = self.next_pn;
-        packet::start_packet(buf, PacketType::Data, dcid, pn);
+        let header_len =
+            packet::start_data_packet(buf, dcid, pn, self.largest_acked, MIN_DATA_PN_LEN);
         let limit = self.max_payload - packet::CRC_LEN;
         if self.unacked_eliciting > 0 || self.ack_now {
             // Piggyback an ACK, but never so large that the first queued
@@ -1193,35 +1238,27 @@ impl Connection {
                 continue;
             }
             let room = limit - buf.len();
-            let head = StreamFrame::encoded_len(m.msg_id, m.conn_offset, m.len(), f.offset, 0);
+            let head = m.header(f.offset);
             let mut f = f;
-            if head + f.len as usize > room {
-                if !frags.is_empty() || room <= head || f.len == 0 {
+            if head.fits(room, f.len as usize) {
+                self.retransmit.pop_front();
+            } else {
+                let fit = head.fit(room, f.len as usize);
+                if !frags.is_empty() || fit == 0 {
                     break;
                 }
                 // Split: send what fits now, keep the rest queued.
-                let fit = (room - head) as u16;
                 if let Some(front) = self.retransmit.front_mut() {
                     front.offset += fit as u64;
-                    front.len -= fit;
+                    front.len -= fit as u16;
                 }
-                f.len = fit;
-            } else {
-                self.retransmit.pop_front();
+                f.len = fit as u16;
             }
             let Some(m) = self.out_message(f.msg) else {
                 break;
             };
             let range = f.offset as usize..f.offset as usize + f.len as usize;
-            let frame = StreamFrame {
-                ordered: m.ordered,
-                msg_id: m.msg_id,
-                conn_offset: m.conn_offset,
-                msg_len: m.len(),
-                offset: f.offset,
-                data: &m.data[range],
-            };
-            packet::write_stream(buf, &frame);
+            head.write(buf, room, &m.data[range]);
             frags.push(f);
             retransmitted = true;
         }
@@ -1232,28 +1269,16 @@ impl Connection {
                 break;
             };
             let off = self.send_cursor_offset;
-            let head = StreamFrame::encoded_len(m.msg_id, m.conn_offset, m.len(), off, 0);
+            let head = m.header(off);
             let room = limit - buf.len();
-            if room <= head {
-                break;
-            }
             let credit = peer_max.saturating_sub(m.conn_offset + off);
-            let len = (m.len() - off)
-                .min((room - head) as u64)
-                .min(credit)
-                .min(u16::MAX as u64);
-            if len == 0 && !m.data.is_empty() {
+            let want = (m.len() - off).min(credit).min(u16::MAX as u64) as usize;
+            let len = head.fit(room, want);
+            if len == 0 && !(m.data.is_empty() && head.fits(room, 0)) {
                 break; // out of room or credit
             }
-            let frame = StreamFrame {
-                ordered: m.ordered,
-                msg_id: m.msg_id,
-                conn_offset: m.conn_offset,
-                msg_len: m.len(),
-                offset: off,
-                data: &m.data[off as usize..(off + len) as usize],
-            };
-            packet::write_stream(buf, &frame);
+            head.write(buf, room, &m.data[off as usize..off as usize + len]);
+            let len = len as u64;
             frags.push(FragRef {
                 msg: self.send_cursor,
                 offset: off,
@@ -1266,14 +1291,14 @@ impl Connection {
                 self.send_cursor_offset = off + len;
             }
         }
-        let ping = buf.len() == packet::HEADER_LEN
+        let ping = buf.len() == header_len
             || (frags.is_empty() && !has_max_data && !has_accept && !has_close);
         if ping {
             packet::write_ping(buf);
         }
         self.ping_pending = false;
         self.probes_pending = self.probes_pending.saturating_sub(1);
-        packet::finish_packet(buf);
+        packet::finish_data_packet(buf, pn);
         let stored = match frags.len() {
             0 => Frags::None,
             1 => Frags::One(frags[0]),
@@ -1300,7 +1325,7 @@ impl Connection {
         let Some(m) = self.out_message(f.msg) else {
             return 0;
         };
-        StreamFrame::encoded_len(m.msg_id, m.conn_offset, m.len(), f.offset, f.len as usize)
+        m.header(f.offset).encoded_len(f.len as usize)
     }
 
     fn out_message(&self, msg: u64) -> Option<&OutMessage> {

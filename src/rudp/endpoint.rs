@@ -20,7 +20,7 @@
 //! [`EndpointCounters`]; they change nothing else.
 
 use super::connection::{Connection, Role, State};
-use super::packet::{self, Packet, PacketType};
+use super::packet::{self, ConnectionId, Packet, PacketType};
 use super::Config;
 use crate::rng::Rng;
 use sha2::{Digest, Sha256};
@@ -153,10 +153,10 @@ pub struct Endpoint {
     /// Time origin for cookie timestamps (the first `now` we saw).
     epoch: Option<Instant>,
     conns: BTreeMap<ConnectionHandle, Connection>,
-    by_cid: HashMap<u64, ConnectionHandle>,
-    by_initial: HashMap<(SocketAddr, u64), ConnectionHandle>,
+    by_cid: HashMap<ConnectionId, ConnectionHandle>,
+    by_initial: HashMap<(SocketAddr, ConnectionId), ConnectionHandle>,
     next_handle: u64,
-    stateless: VecDeque<(SocketAddr, u64, [u8; COOKIE_LEN])>,
+    stateless: VecDeque<(SocketAddr, ConnectionId, [u8; COOKIE_LEN])>,
     events: VecDeque<(ConnectionHandle, Event)>,
     counters: EndpointCounters,
     /// Round-robin position for `poll_transmit`.
@@ -197,9 +197,9 @@ impl Endpoint {
         *self.epoch.get_or_insert(now)
     }
 
-    fn new_cid(&mut self) -> u64 {
+    fn new_cid(&mut self) -> ConnectionId {
         loop {
-            let c = self.rng.next_u64();
+            let c = (self.rng.next_u64() >> 32) as ConnectionId;
             if c != 0 && !self.by_cid.contains_key(&c) {
                 return c;
             }
@@ -222,7 +222,7 @@ impl Endpoint {
         self.insert(conn)
     }
 
-    fn cookie_mac(&self, remote: SocketAddr, cid: u64, issued_ms: u64) -> [u8; 8] {
+    fn cookie_mac(&self, remote: SocketAddr, cid: ConnectionId, issued_ms: u64) -> [u8; 8] {
         let mut h = Sha256::new();
         h.update(self.secret);
         match remote {
@@ -238,7 +238,12 @@ impl Endpoint {
         out
     }
 
-    fn make_cookie(&mut self, now: Instant, remote: SocketAddr, cid: u64) -> [u8; COOKIE_LEN] {
+    fn make_cookie(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        cid: ConnectionId,
+    ) -> [u8; COOKIE_LEN] {
         let ms = now.saturating_duration_since(self.epoch(now)).as_millis() as u64;
         let mut c = [0u8; COOKIE_LEN];
         c[..8].copy_from_slice(&ms.to_be_bytes());
@@ -246,7 +251,13 @@ impl Endpoint {
         c
     }
 
-    fn cookie_valid(&mut self, now: Instant, remote: SocketAddr, cid: u64, cookie: &[u8]) -> bool {
+    fn cookie_valid(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        cid: ConnectionId,
+        cookie: &[u8],
+    ) -> bool {
         if cookie.len() != COOKIE_LEN {
             return false;
         }
@@ -267,13 +278,17 @@ impl Endpoint {
             self.counters.malformed += 1;
             return;
         };
-        if !p.crc_ok() {
-            self.counters.bad_crc += 1;
-            return;
-        }
-        if p.version() != packet::PROTOCOL_VERSION {
-            self.counters.bad_version += 1;
-            return;
+        // Long headers (and version-1 datagrams) name a version; DATA's CRC
+        // needs the connection's packet-number state, so it is checked below.
+        if let Some(version) = p.version() {
+            if !p.crc_ok() {
+                self.counters.bad_crc += 1;
+                return;
+            }
+            if version != packet::PROTOCOL_VERSION {
+                self.counters.bad_version += 1;
+                return;
+            }
         }
         match p.packet_type() {
             None => self.counters.malformed += 1,
@@ -302,20 +317,23 @@ impl Endpoint {
                     self.counters.unknown_connection += 1;
                     return;
                 };
+                let (Some(c), Some(t)) = (self.conns.get_mut(&h), p.truncated_pn()) else {
+                    return;
+                };
+                let pn = c.decode_packet_number(t);
+                if !p.data_crc_ok(pn) {
+                    self.counters.bad_crc += 1;
+                    return;
+                }
                 if Connection::validate(p.payload()).is_err() {
                     self.counters.malformed += 1;
                     return;
                 }
-                let Some(c) = self.conns.get_mut(&h) else {
-                    return;
-                };
                 if c.remote() != remote {
                     self.counters.unknown_connection += 1;
                     return;
                 }
-                if c.handle_packet(now, p.packet_number(), p.payload(), data.len())
-                    .is_err()
-                {
+                if c.handle_packet(now, pn, p.payload(), data.len()).is_err() {
                     self.counters.duplicate += 1;
                 }
                 self.collect(h);
@@ -328,9 +346,7 @@ impl Endpoint {
             self.counters.malformed += 1;
             return;
         };
-        if !self.config.accept_incoming
-            || p.payload().len() + packet::OVERHEAD < packet::MIN_INITIAL_SIZE
-        {
+        if !self.config.accept_incoming || p.len() < packet::MIN_INITIAL_SIZE {
             self.counters.refused += 1;
             return;
         }
@@ -477,6 +493,12 @@ impl Endpoint {
     /// Application bytes queued or in flight, not yet acknowledged (for backpressure).
     pub fn send_backlog(&self, handle: ConnectionHandle) -> usize {
         self.conns.get(&handle).map_or(0, |c| c.send_backlog())
+    }
+
+    /// Message bytes queued on a connection and not yet sent once: what
+    /// still waits for the window, the pacing or the driver.
+    pub fn unsent_bytes(&self, handle: ConnectionHandle) -> u64 {
+        self.conns.get(&handle).map_or(0, |c| c.unsent_bytes())
     }
 
     /// Starts a graceful close: queued messages are delivered first, then a

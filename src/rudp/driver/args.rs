@@ -71,6 +71,7 @@ impl TransportArgs {
             socket_buffer: usize::try_from(self.socket_buffer).unwrap_or(usize::MAX),
             batch: !self.no_batch,
             gso: !self.no_batch && !self.no_gso,
+            max_send_rate: None,
         }
     }
 }
