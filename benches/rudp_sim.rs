@@ -7,7 +7,8 @@
 //! Run: `cargo bench --bench rudp_sim` (add `-- --quick` for shorter runs;
 //! `RUDP_SIM_SEED=N` changes the seed, 1 by default). `-- --fairness N` runs
 //! only the two-flow table, for N seeds from RUDP_SIM_SEED on, at 0, 1 and 5%
-//! loss (`--loss PCT` for one loss rate only), and prints the worst ratio.
+//! loss (`--loss PCT` for one loss rate only; `--flows N` for N flows, 2 by
+//! default), and prints the worst min/max ratio.
 //! `RUDP_SIM_TRACE=1` prints each flow's progress every 500 ms to stderr.
 
 use chunkswarm::rng::Rng;
@@ -179,19 +180,27 @@ fn fairness(cc: CcKind, loss: f64, secs: u64, warm: u64, seed: u64) -> (f64, f64
     (x, y, x.min(y) / x.max(y).max(1e-9))
 }
 
-fn fairness_sweep(first: u64, seeds: u64, secs: u64, warm: u64, losses: &[f64]) {
-    println!("two bbr flows on one 100 Mbit/s, 40 ms RTT bottleneck, goodput from t={warm}s to t={secs}s");
+/// `nflows` bbr flows sharing the bottleneck, for `seeds` seeds from
+/// `first` at each loss rate: each flow's goodput, their sum, and min/max.
+fn fairness_sweep(first: u64, seeds: u64, nflows: usize, secs: u64, warm: u64, losses: &[f64]) {
+    println!("{nflows} bbr flows on one 100 Mbit/s, 40 ms RTT bottleneck, goodput from t={warm}s to t={secs}s");
     println!();
-    println!("| loss | seed | flow 1 (Mbit/s) | flow 2 (Mbit/s) | ratio |");
+    println!("| loss | seed | flows (Mbit/s) | total | min/max |");
     println!("|---|---|---|---|---|");
     for &loss in losses {
         let mut worst = f64::MAX;
         for seed in first..first + seeds {
-            let (x, y, ratio) = fairness(CcKind::Bbr, loss, secs, warm, seed);
+            let g = run(CcKind::Bbr, loss, nflows, secs, warm, seed).goodput_mbps;
+            let max = g.iter().copied().fold(0.0, f64::max);
+            let min = g.iter().copied().fold(f64::MAX, f64::min);
+            let ratio = min / max.max(1e-9);
             worst = worst.min(ratio);
+            let each: Vec<String> = g.iter().map(|x| format!("{x:.1}")).collect();
             println!(
-                "| {:.0}% | {seed} | {x:.1} | {y:.1} | {ratio:.2} |",
-                loss * 100.0
+                "| {:.0}% | {seed} | {} | {:.1} | {ratio:.2} |",
+                loss * 100.0,
+                each.join(" / "),
+                g.iter().sum::<f64>()
             );
         }
         println!(
@@ -219,7 +228,11 @@ fn main() {
                 .unwrap_or_default(),
             None => vec![0.0, 0.01, 0.05],
         };
-        fairness_sweep(seed, seeds, secs, warm, &losses);
+        let nflows = match args.iter().position(|a| a == "--flows") {
+            Some(j) => args.get(j + 1).and_then(|n| n.parse().ok()).unwrap_or(2),
+            None => 2,
+        };
+        fairness_sweep(seed, seeds, nflows.max(1), secs, warm, &losses);
         return;
     }
     println!("rudp on a simulated 100 Mbit/s path (counting {FRAME_OVERHEAD} header bytes per datagram: 97.2 Mbit/s of UDP payload), 40 ms RTT, one-BDP (500 kB) drop-tail queue, loss in both directions");
