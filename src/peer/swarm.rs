@@ -761,10 +761,14 @@ impl Swarm {
     }
 
     /// How urgent the next chunk `poll_upload(peer)` would give is, lower
-    /// first (None: nothing to send): 0 for the owner's first copies, else
-    /// one more than the number of our neighbours holding the rarest chunk
-    /// `peer` asked for. A driver whose upload is capped serves the
-    /// connection with the lowest rank, so the rarest chunks spread first.
+    /// first (None: nothing to send): for the owner's first copies, the
+    /// chunk's index (so they leave in file order, and the members each get
+    /// one in turn, one round after the other: the sooner every member has
+    /// something to pass on, the sooner every uplink works); else the chunk
+    /// count plus one more than the number of our neighbours holding the
+    /// rarest chunk `peer` asked for. A driver whose upload is capped serves
+    /// the connection with the lowest rank, so the rarest chunks spread
+    /// first.
     pub fn upload_rank(&self, peer: SocketAddr) -> Option<u32> {
         if self.serving_stopped {
             return None;
@@ -772,12 +776,10 @@ impl Swarm {
         let n = self.neighbours.get(&peer)?;
         if self.owner_holds_requests() {
             let q = self.push_queues.get(&peer)?;
-            return q
-                .iter()
-                .any(|&i| !n.has(i) && !n.served.get(i))
-                .then_some(0);
+            return q.iter().copied().find(|&i| !n.has(i) && !n.served.get(i));
         }
-        rarest_queued(&n.serve_queue, &self.picker).map(|(_, a)| 1 + a as u32)
+        rarest_queued(&n.serve_queue, &self.picker)
+            .map(|(_, a)| self.manifest.chunk_count() + 1 + a as u32)
     }
 
     /// Owner: requests wait until the upload started and every first copy
@@ -1451,13 +1453,17 @@ mod tests {
         };
         // Member 2's first copies (0 and 2) go first, then member 3's; the
         // request for 1 only once every first copy is out.
+        // First copies rank by index: member 2's chunk 0 before member 3's 1.
         assert_eq!(o.upload_rank(addr(2)), Some(0));
+        assert_eq!(o.upload_rank(addr(3)), Some(1));
         assert_eq!(index(o.poll_upload(addr(2))), Some(0));
+        assert_eq!(o.upload_rank(addr(2)), Some(2));
         assert_eq!(index(o.poll_upload(addr(2))), Some(2));
         assert_eq!(index(o.poll_upload(addr(2))), None);
         assert_eq!(index(o.poll_upload(addr(3))), Some(1));
         assert_eq!(index(o.poll_upload(addr(3))), Some(3));
-        assert_eq!(o.upload_rank(addr(2)), Some(1));
+        // The request: chunk count (4) + 1 + nobody else holds it (0).
+        assert_eq!(o.upload_rank(addr(2)), Some(5));
         assert_eq!(index(o.poll_upload(addr(2))), Some(1));
         assert_eq!(o.stats().pushed_chunks, 4);
     }
