@@ -188,6 +188,11 @@ pub struct DiskStore {
     /// Open while downloading; None once complete.
     sidecar: Option<File>,
     written: ChunkBitmap,
+    /// The whole file's SHA-256 over chunks 0..n so far, advanced as the
+    /// chunks that continue it are written, so that `finish` only hashes
+    /// what follows the last gap (the whole 10 MB took ~40 ms at the end
+    /// of every download, after its last chunk).
+    prefix: (Sha256, ChunkIndex),
 }
 
 impl DiskStore {
@@ -204,6 +209,7 @@ impl DiskStore {
             file,
             sidecar: None,
             written: ChunkBitmap::full(manifest.chunk_count()),
+            prefix: (Sha256::new(), 0),
         })
     }
 
@@ -271,12 +277,38 @@ impl DiskStore {
             file,
             sidecar: Some(sidecar),
             written: have.clone(),
+            prefix: (Sha256::new(), 0),
         };
         Ok((s, have))
     }
 
     pub fn final_path(&self) -> &Path {
         &self.final_path
+    }
+
+    /// Extends the prefix hash over the written chunks that continue it
+    /// (`data` is chunk `index`, just written, if given).
+    fn advance_prefix(
+        &mut self,
+        mut just_written: Option<(ChunkIndex, &[u8])>,
+    ) -> Result<(), StorageError> {
+        let count = self.manifest.chunk_count();
+        let mut buf = Vec::new();
+        while self.prefix.1 < count && self.written.get(self.prefix.1) {
+            let i = self.prefix.1;
+            match just_written.take() {
+                Some((j, data)) if j == i => self.prefix.0.update(data),
+                _ => {
+                    buf.resize(self.manifest.chunk_len(i) as usize, 0);
+                    self.file
+                        .read_exact_at(&mut buf, self.manifest.chunk_offset(i))
+                        .map_err(io_err("read", &self.part_path))?;
+                    self.prefix.0.update(&buf);
+                }
+            }
+            self.prefix.1 += 1;
+        }
+        Ok(())
     }
 }
 
@@ -355,6 +387,13 @@ impl ChunkStore for DiskStore {
         sidecar
             .write_all_at(&[byte], SIDECAR_HEADER + byte_at as u64)
             .map_err(io_err("write", &self.sidecar_path))?;
+        if index < self.prefix.1 {
+            // Rewritten after it was hashed: start the prefix again.
+            self.prefix = (Sha256::new(), 0);
+        }
+        if index == self.prefix.1 {
+            self.advance_prefix(Some((index, data)))?;
+        }
         Ok(())
     }
 
@@ -365,7 +404,10 @@ impl ChunkStore for DiskStore {
         self.file
             .sync_all()
             .map_err(io_err("sync", &self.part_path))?;
-        if file_sha256(&self.part_path)? != self.manifest.file_hash {
+        self.advance_prefix(None)?;
+        let whole = self.prefix.1 == self.manifest.chunk_count();
+        let prefix = std::mem::replace(&mut self.prefix, (Sha256::new(), 0));
+        if !whole || <[u8; 32]>::from(prefix.0.finalize()) != self.manifest.file_hash {
             return Err(StorageError::FileHashMismatch);
         }
         if self.final_path.exists() {
@@ -375,5 +417,47 @@ impl ChunkStore for DiskStore {
         self.sidecar = None;
         let _ = fs::remove_file(&self.sidecar_path);
         Ok(self.final_path.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cs-storage-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    /// The whole file's SHA-256 is taken as chunks arrive, in any order,
+    /// and a chunk rewritten after it was hashed counts with its new bytes.
+    #[test]
+    fn the_file_hash_follows_chunks_written_in_any_order() {
+        let dir = temp_dir("prefix");
+        let mut data = vec![0u8; 450_000];
+        Rng::new(3).fill(&mut data);
+        let m = Manifest::of_bytes("f.bin", &data);
+        let chunk = |i: u32| {
+            let start = m.chunk_offset(i) as usize;
+            data[start..start + m.chunk_len(i) as usize].to_vec()
+        };
+        let (mut s, _) = DiskStore::open_download(&dir, &m).expect("open");
+        for i in [2, 0, 4, 1] {
+            s.write_chunk(i, &chunk(i)).expect("write");
+        }
+        // 0, 1 and 2 are hashed; 3 is the gap.
+        assert_eq!(s.prefix.1, 3);
+        // Chunk 1 rewritten with wrong bytes after it was hashed, then 3.
+        s.write_chunk(1, &vec![9u8; m.chunk_len(1) as usize])
+            .expect("write");
+        s.write_chunk(3, &chunk(3)).expect("write");
+        assert!(matches!(s.finish(), Err(StorageError::FileHashMismatch)));
+        s.write_chunk(1, &chunk(1)).expect("write");
+        assert_eq!(s.finish().expect("finish"), dir.join("f.bin"));
+        assert!(fs::read(dir.join("f.bin")).expect("read") == data);
+        fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -38,7 +38,9 @@ pub struct SwarmConfig {
     /// once the first copy of every chunk is out, so these wait there at the
     /// lowest priority; they do not count as in flight for the picker (the
     /// chunk is still asked of neighbours), and the first copy to arrive
-    /// cancels the rest.
+    /// cancels the rest. Four (was two) keep the owner's upload busier once
+    /// its first copies are out, while the members' are still spreading the
+    /// last ones (model 1+15: 1.27 -> 1.26 x the bound).
     pub max_owner_requests: usize,
     /// Most requests out for one chunk: in the endgame, or before it when
     /// the first request is overdue (older than `late_factor` x the usual
@@ -79,7 +81,7 @@ impl Default for SwarmConfig {
         SwarmConfig {
             max_requests_per_neighbour: 8,
             min_requests_per_neighbour: 2,
-            max_owner_requests: 2,
+            max_owner_requests: 4,
             max_duplicates: 2,
             late_factor: 2.0,
             request_timeout: Duration::from_secs(30),
