@@ -1474,7 +1474,10 @@ mod tests {
     fn a_member_asks_the_owner_after_the_fallback_time_without_blocking_neighbours() {
         let now = Instant::now();
         let (m, _) = file();
-        let cfg = SwarmConfig::default();
+        let cfg = SwarmConfig {
+            max_owner_requests: 2,
+            ..SwarmConfig::default()
+        };
         let after = cfg.owner_fallback_after;
         let mut s = member(now, &m, cfg);
         s.on_group(now, Some(addr(1)), &[addr(2), addr(3)]);
