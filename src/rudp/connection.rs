@@ -236,7 +236,7 @@ pub struct Connection {
     ordered_ready: BTreeMap<u64, Vec<u8>>,
     /// Message bytes handed to the application (flow control counts from here).
     delivered_total: u64,
-    /// `recv_window`, at least one message.
+    /// `recv_window`, at least one message and [`INITIAL_CREDIT`].
     window: u64,
     local_max_data: u64,
     sent_max_data: u64,
@@ -283,7 +283,11 @@ impl Connection {
         remote_cid: Option<ConnectionId>,
     ) -> Self {
         let mss = config.max_udp_payload as u64;
-        let recv_window = config.recv_window.max(config.max_message_size) as u64;
+        // At least the credit a sender assumes before our first MAX_DATA:
+        // what it may then have outstanding must fit the memory bound below
+        // (`on_stream_frame`), whose excess is ignored but acknowledged.
+        let recv_window =
+            (config.recv_window.max(config.max_message_size) as u64).max(INITIAL_CREDIT);
         let mut c = Connection {
             role,
             state: match role {
@@ -658,6 +662,11 @@ impl Connection {
         {
             return; // a duplicate of a complete message
         }
+        if s.data.is_empty() && s.msg_len.is_none() {
+            // Carries nothing (an honest sender never writes one); it
+            // would leave an empty entry behind.
+            return;
+        }
         let end = s.end();
         let max = self.config.max_message_size as u64;
         if end > max || s.msg_len.is_some_and(|l| l > max) {
@@ -724,7 +733,14 @@ impl Connection {
         self.events.push_back(Event::Message(data));
         self.delivered_total += len;
         self.local_max_data = self.delivered_total + self.window;
-        if self.local_max_data - self.sent_max_data >= self.window / 8 {
+        // Usually once the limit moved by window/8. But a sender can be
+        // blocked inside a message of up to `max` bytes that began below
+        // the limit we sent, with all before it delivered: the limit then
+        // exceeds what we sent by more than window - max, possibly less
+        // than window/8, and no later delivery comes to announce it.
+        let max = (self.config.max_message_size as u64).min(self.window);
+        let step = (self.window / 8).min(self.window - max + 1);
+        if self.local_max_data - self.sent_max_data >= step {
             self.max_data_pending = true;
         }
     }
@@ -1378,5 +1394,40 @@ impl Connection {
                 self.timers.set(Timer::LossDetection, now + pto);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// STREAM frames with no data and no length (offset 0 without START,
+    /// not FIN) carry nothing, and an honest sender never writes one; each
+    /// used to leave an empty reassembly entry behind for good, outside the
+    /// byte bound: a few bytes of wire per entry, without limit.
+    #[test]
+    fn empty_fragments_without_a_length_leave_no_entry() {
+        let now = Instant::now();
+        let remote = SocketAddr::from(([10, 0, 0, 1], 7000));
+        let mut c = Connection::new(Role::Responder, &Config::default(), now, remote, 7, Some(9));
+        let mut payload = Vec::new();
+        for id in 0..300u64 {
+            payload.push(packet::frame_type::STREAM | packet::stream_flag::LEN);
+            packet::varint::write(&mut payload, id);
+            packet::varint::write(&mut payload, 0); // offset
+            packet::varint::write(&mut payload, 0); // data length
+        }
+        // An empty message, whole: still delivered.
+        payload.push(
+            packet::frame_type::STREAM | packet::stream_flag::START | packet::stream_flag::FIN,
+        );
+        packet::varint::write(&mut payload, 300);
+        assert!(Connection::validate(&payload).is_ok());
+        assert!(c.handle_packet(now, 0, &payload, payload.len()).is_ok());
+        assert_eq!(c.in_msgs.len(), 0);
+        let delivered = std::iter::from_fn(|| c.poll_event())
+            .filter(|e| matches!(e, Event::Message(m) if m.is_empty()))
+            .count();
+        assert_eq!(delivered, 1);
     }
 }
