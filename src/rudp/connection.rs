@@ -75,6 +75,15 @@ const CONTROL_RESERVE: usize = packet::MAX_DATA_LEN + packet::ACCEPT_LEN + packe
 const MIN_DATA_PN_LEN: usize = 2;
 /// INITIAL resends back off up to 2^this × PTO.
 const MAX_HANDSHAKE_BACKOFF_EXP: u32 = 2;
+/// Most messages the receiver keeps track of at once: incomplete ones,
+/// complete ordered ones waiting for a predecessor, and gaps between
+/// delivered unordered ids. The byte bound (window + largest message)
+/// does not limit entries: a peer sending empty or 1-byte fragments of
+/// far-apart message ids could otherwise make a few bytes on the wire cost
+/// a hash-map entry each, without end. An honest sender has at most its
+/// messages in flight open; a peer beyond this bound is closed as a
+/// protocol violation.
+pub const MAX_OPEN_MESSAGES: usize = 1 << 18;
 /// Handshake retries answered by RETRY before giving up.
 const MAX_RETRIES: u32 = 3;
 
@@ -426,6 +435,12 @@ impl Connection {
             + std::mem::size_of::<Self>()
     }
 
+    /// Receiver-side entries that the byte bound does not cover (see
+    /// [`MAX_OPEN_MESSAGES`]).
+    fn open_messages(&self) -> usize {
+        self.in_msgs.len() + self.ordered_ready.len() + self.delivered_ids[0].range_count()
+    }
+
     fn close_with(&mut self, err: ConnectionError) {
         if self.is_open() {
             self.events.push_back(Event::Closed(err));
@@ -584,7 +599,8 @@ impl Connection {
             match f {
                 Frame::Ping => {}
                 Frame::Ack(a) => self.on_ack_frame(now, &a),
-                Frame::Stream(s) => self.on_stream_frame(&s),
+                Frame::Stream(s) if self.state != State::Gone => self.on_stream_frame(&s),
+                Frame::Stream(_) => {}
                 Frame::MaxData(m) => {
                     if m > self.peer_max_data {
                         self.peer_max_data = m;
@@ -673,6 +689,12 @@ impl Connection {
             return; // beyond what we allow: ignored
         }
         let key = (s.ordered, s.msg_id);
+        if !self.in_msgs.contains_key(&key) && self.open_messages() >= MAX_OPEN_MESSAGES {
+            self.close_with(ConnectionError::ProtocolViolation(
+                "too many incomplete messages at once",
+            ));
+            return;
+        }
         // Work out the new reservation before changing anything.
         let (known, extent) = match self.in_msgs.get(&key) {
             Some(m) => (m.len, m.data.len() as u64),
@@ -1429,5 +1451,33 @@ mod tests {
             .filter(|e| matches!(e, Event::Message(m) if m.is_empty()))
             .count();
         assert_eq!(delivered, 1);
+    }
+
+    /// Empty ordered messages with ids past a missing first one cost a few
+    /// bytes each on the wire and nothing in the byte bound; past
+    /// MAX_OPEN_MESSAGES of them the peer is closed, not followed without end.
+    #[test]
+    fn too_many_open_messages_close_the_connection() {
+        let now = Instant::now();
+        let remote = SocketAddr::from(([10, 0, 0, 1], 7000));
+        let mut c = Connection::new(Role::Responder, &Config::default(), now, remote, 7, Some(9));
+        let mut payload = Vec::new();
+        for id in 1..=(MAX_OPEN_MESSAGES as u64 + 10) {
+            payload.push(
+                packet::frame_type::STREAM
+                    | packet::stream_flag::ORDERED
+                    | packet::stream_flag::START
+                    | packet::stream_flag::FIN
+                    | packet::stream_flag::LEN,
+            );
+            packet::varint::write(&mut payload, id);
+            packet::varint::write(&mut payload, 0); // data length
+        }
+        assert!(Connection::validate(&payload).is_ok());
+        let _ = c.handle_packet(now, 0, &payload, payload.len());
+        assert_eq!(c.ordered_ready.len(), MAX_OPEN_MESSAGES);
+        let closed = std::iter::from_fn(|| c.poll_event())
+            .any(|e| matches!(e, Event::Closed(ConnectionError::ProtocolViolation(_))));
+        assert!(closed);
     }
 }
