@@ -1423,6 +1423,12 @@ impl Connection {
 mod tests {
     use super::*;
 
+    /// A responder past the handshake, as the receiving side of the tests below.
+    fn established_responder(now: Instant) -> Connection {
+        let remote = SocketAddr::from(([10, 0, 0, 1], 7000));
+        Connection::new(Role::Responder, &Config::default(), now, remote, 7, Some(9))
+    }
+
     /// STREAM frames with no data and no length (offset 0 without START,
     /// not FIN) carry nothing, and an honest sender never writes one; each
     /// used to leave an empty reassembly entry behind for good, outside the
@@ -1430,8 +1436,7 @@ mod tests {
     #[test]
     fn empty_fragments_without_a_length_leave_no_entry() {
         let now = Instant::now();
-        let remote = SocketAddr::from(([10, 0, 0, 1], 7000));
-        let mut c = Connection::new(Role::Responder, &Config::default(), now, remote, 7, Some(9));
+        let mut c = established_responder(now);
         let mut payload = Vec::new();
         for id in 0..300u64 {
             payload.push(packet::frame_type::STREAM | packet::stream_flag::LEN);
@@ -1459,8 +1464,7 @@ mod tests {
     #[test]
     fn too_many_open_messages_close_the_connection() {
         let now = Instant::now();
-        let remote = SocketAddr::from(([10, 0, 0, 1], 7000));
-        let mut c = Connection::new(Role::Responder, &Config::default(), now, remote, 7, Some(9));
+        let mut c = established_responder(now);
         let mut payload = Vec::new();
         for id in 1..=(MAX_OPEN_MESSAGES as u64 + 10) {
             payload.push(
