@@ -210,6 +210,9 @@ pub struct Connection {
     cookie: Vec<u8>,
     initial_pending: bool,
     handshake_attempts: u32,
+    /// When the last INITIAL left (initiator): with the ACCEPT that answers
+    /// it, the connection's first RTT sample.
+    initial_sent_at: Option<Instant>,
     retries: u32,
     accept_pending: bool,
     accept_acked: bool,
@@ -311,6 +314,7 @@ impl Connection {
             cookie: Vec::new(),
             initial_pending: role == Role::Initiator,
             handshake_attempts: 0,
+            initial_sent_at: None,
             retries: 0,
             accept_pending: role == Role::Responder,
             accept_acked: role == Role::Initiator,
@@ -521,6 +525,7 @@ impl Connection {
         let backoff =
             self.rtt.pto_base() * (1u32 << self.handshake_attempts.min(MAX_HANDSHAKE_BACKOFF_EXP));
         self.handshake_attempts += 1;
+        self.initial_sent_at = Some(now);
         self.timers.set(Timer::Handshake, now + backoff);
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += buf.len() as u64;
@@ -618,6 +623,16 @@ impl Connection {
                             State::Established
                         };
                         self.timers.stop(Timer::Handshake);
+                        // The first RTT sample (RFC 9002 §5: handshake
+                        // packets count), unless the INITIAL went out more
+                        // than once since the RETRY, so that the first data
+                        // is paced for this path and not at the initial
+                        // window over the 333 ms initial RTT (a round trip
+                        // at ~1 Mbit/s).
+                        if let (1, Some(sent)) = (self.handshake_attempts, self.initial_sent_at) {
+                            self.rtt
+                                .update(now.saturating_duration_since(sent), Duration::ZERO);
+                        }
                         self.events.push_back(Event::Connected);
                     }
                 }
