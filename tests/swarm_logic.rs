@@ -1055,13 +1055,19 @@ fn distribution_like_netlab() {
         }
         let start = sim.distribute(members);
         let took = (sim.now - start).as_secs_f64();
+        let dups: u64 = sim
+            .peers
+            .iter()
+            .filter_map(|p| p.swarm.as_ref())
+            .map(|s| s.stats().duplicate_chunks)
+            .sum();
         let at = |t: Instant| format!("{:.2}", (t - start).as_secs_f64());
         let done: Vec<String> = sim.peers[1..]
             .iter()
             .map(|p| p.completed_at.map_or("-".into(), at))
             .collect();
         eprintln!(
-            "seed {seed}: {took:.3} s ({:.3} x 4.00 s); first copies out at {}; members done at {}",
+            "seed {seed}: {took:.3} s ({:.3} x 4.00 s), {dups} duplicate chunks; first copies out at {}; members done at {}",
             took / 4.0,
             sim.upload_done.map_or("-".into(), at),
             done.join(" ")

@@ -9,9 +9,10 @@
 //!
 //! Normal mode hands out only chunks nobody was asked for yet, rarest first,
 //! ties broken by a seeded random rotation so that peers spread their requests.
-//! Endgame starts when every missing chunk is already in flight: then a chunk
-//! may be asked of a second neighbour (up to `max_duplicates` requests out),
-//! and the first copy to arrive cancels the others.
+//! A chunk may be asked of a second neighbour (up to `max_duplicates`
+//! requests out) when every request out for it is overdue, and, if the
+//! caller allows it, in the endgame: when every missing chunk is already in
+//! flight. The first copy to arrive cancels the others.
 
 use super::bitmap::ChunkBitmap;
 use crate::manifest::ChunkIndex;
@@ -35,9 +36,10 @@ const NOT_MISSING: u32 = u32::MAX;
 /// What a pick may choose from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PickMode {
-    /// Rarest first among chunks nobody was asked for; endgame duplicates when
-    /// every missing chunk is in flight.
-    Neighbour { max_duplicates: u8 },
+    /// Rarest first among chunks nobody was asked for; then duplicates of
+    /// overdue requests, and (`endgame`) of any request once every missing
+    /// chunk is in flight.
+    Neighbour { max_duplicates: u8, endgame: bool },
     /// Any missing chunk nobody was asked for; the caller's exclusion rules out
     /// chunks some usable neighbour offers (owner fallback).
     Unavailable,
@@ -179,7 +181,7 @@ impl Picker {
         let start = rng.below(n as u64) as usize;
         // (score, index): lower score is better; `best` stays sorted.
         let mut best: Vec<(u32, ChunkIndex)> = Vec::with_capacity(want + 1);
-        let endgame = self.unrequested == 0;
+        let all_in_flight = self.unrequested == 0;
         for k in 0..n {
             let i = self.missing[(start + k) % n];
             if !offers.get(i) || excluded(i) {
@@ -195,10 +197,13 @@ impl Picker {
                     avail
                 }
                 PickMode::Assist => ((flying.min(1) as u32) << 16) | avail,
-                PickMode::Neighbour { max_duplicates } => {
+                PickMode::Neighbour {
+                    max_duplicates,
+                    endgame,
+                } => {
                     if flying == 0 {
                         avail
-                    } else if flying < max_duplicates && (endgame || late(i)) {
+                    } else if flying < max_duplicates && ((endgame && all_in_flight) || late(i)) {
                         // Least duplicated first, then rarest.
                         ((flying as u32) << 16) | avail
                     } else {
@@ -247,7 +252,10 @@ mod tests {
         p.add_bitmap(&bitmap(6, &[0, 1, 2, 3]));
         p.add_bitmap(&bitmap(6, &[0, 1]));
         let mut rng = Rng::new(1);
-        let mode = PickMode::Neighbour { max_duplicates: 2 };
+        let mode = PickMode::Neighbour {
+            max_duplicates: 2,
+            endgame: true,
+        };
         let got = plain(&p, &ChunkBitmap::full(6), 2, mode, &mut rng);
         let mut got_sorted = got.clone();
         got_sorted.sort();
@@ -271,7 +279,10 @@ mod tests {
         p.add_bitmap(&ChunkBitmap::full(3));
         p.add_bitmap(&ChunkBitmap::full(3));
         let mut rng = Rng::new(2);
-        let mode = PickMode::Neighbour { max_duplicates: 2 };
+        let mode = PickMode::Neighbour {
+            max_duplicates: 2,
+            endgame: true,
+        };
         p.requested(1);
         assert_eq!(p.unrequested(), 1);
         // Chunk 2 is unrequested: no duplicates yet.
@@ -297,6 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn without_the_endgame_only_overdue_requests_are_doubled() {
+        let mut p = Picker::new(&ChunkBitmap::empty(2));
+        p.add_bitmap(&ChunkBitmap::full(2));
+        p.add_bitmap(&ChunkBitmap::full(2));
+        p.requested(0);
+        p.requested(1);
+        assert_eq!(p.unrequested(), 0);
+        let mut rng = Rng::new(7);
+        let mode = PickMode::Neighbour {
+            max_duplicates: 2,
+            endgame: false,
+        };
+        let full = ChunkBitmap::full(2);
+        assert!(plain(&p, &full, 4, mode, &mut rng).is_empty());
+        let got = p.pick(&full, 4, mode, |_| false, |i| i == 1, &mut rng);
+        assert_eq!(got, vec![1]);
+    }
+
+    #[test]
     fn unavailable_mode_for_the_owner_fallback() {
         let mut p = Picker::new(&ChunkBitmap::empty(4));
         p.add_bitmap(&bitmap(4, &[0, 1]));
@@ -319,7 +349,10 @@ mod tests {
         p.add_bitmap(&ChunkBitmap::full(3));
         p.add_bitmap(&ChunkBitmap::full(3));
         let mut rng = Rng::new(4);
-        let mode = PickMode::Neighbour { max_duplicates: 2 };
+        let mode = PickMode::Neighbour {
+            max_duplicates: 2,
+            endgame: true,
+        };
         p.requested(0);
         p.requested(1);
         // Chunk 2 is unrequested, so no endgame: only an overdue chunk may be
