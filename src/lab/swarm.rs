@@ -250,6 +250,26 @@ pub fn run_swarm(spec: &SwarmSpec) -> Result<SwarmReport, LabError> {
         report.note = Some(format!("the demo did not complete: {why}"));
     }
     log::debug!("demo said:\n{}", out.stdout);
+    // What each host's upload limiter passed and dropped: the bytes every
+    // peer sent (chunks, headers, ACKs, duplicates) and whether its own cap
+    // kept TBF's queue from overflowing.
+    for h in &topo.hosts {
+        match h
+            .ns
+            .exec("tc", &["-s", "qdisc", "show", "dev", "to-r"])
+            .output()
+        {
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let sent = text
+                    .lines()
+                    .find(|l| l.contains("Sent"))
+                    .unwrap_or("no counters");
+                log::debug!("{} upload (TBF): {}", h.ns.0, sent.trim());
+            }
+            Err(e) => log::debug!("{}: tc -s qdisc: {e}", h.ns.0),
+        }
+    }
     Ok(report)
 }
 
