@@ -252,22 +252,17 @@ pub fn run_swarm(spec: &SwarmSpec) -> Result<SwarmReport, LabError> {
     log::debug!("demo said:\n{}", out.stdout);
     // What each host's upload limiter passed and dropped: the bytes every
     // peer sent (chunks, headers, ACKs, duplicates) and whether its own cap
-    // kept TBF's queue from overflowing.
-    for h in &topo.hosts {
-        match h
-            .ns
-            .exec("tc", &["-s", "qdisc", "show", "dev", "to-r"])
-            .output()
-        {
-            Ok(o) => {
-                let text = String::from_utf8_lossy(&o.stdout);
-                let sent = text
-                    .lines()
-                    .find(|l| l.contains("Sent"))
-                    .unwrap_or("no counters");
-                log::debug!("{} upload (TBF): {}", h.ns.0, sent.trim());
+    // kept TBF's queue from overflowing. Only asked for when it is logged.
+    if log::log_enabled!(log::Level::Debug) {
+        for h in &topo.hosts {
+            match h.ns.run("tc", &["-s", "qdisc", "show", "dev", "to-r"]) {
+                Ok(text) => {
+                    let sent = text.lines().find(|l| l.contains("Sent"));
+                    let sent = sent.unwrap_or("no counters").trim();
+                    log::debug!("{} upload (TBF): {sent}", h.ns.0);
+                }
+                Err(e) => log::debug!("{}: {e}", h.ns.0),
             }
-            Err(e) => log::debug!("{}: tc -s qdisc: {e}", h.ns.0),
         }
     }
     Ok(report)

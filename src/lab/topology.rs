@@ -44,7 +44,8 @@ impl Namespace {
         process::run(command("ip", &full))
     }
 
-    fn run(&self, program: &str, args: &[&str]) -> Result<String, LabError> {
+    /// Runs `program` in the namespace; its stdout, or why it failed.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String, LabError> {
         process::run(self.exec(program, args))
     }
 }
